@@ -1,0 +1,8 @@
+"""Start the video generation backend (Ray Serve + FastAPI). See README.md for flags."""
+
+import sys
+
+from videoserve.backend_cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Shared fixtures: one Ray instance and one Serve instance for the whole test session."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHIM_DIR = REPO / "tests" / "fastvideo_cpu_shim"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServeCluster:
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[str, Path]:
+    from videoserve.tiny_models import ensure_tiny_models
+
+    return ensure_tiny_models()
+
+
+@pytest.fixture(scope="session")
+def serve_cluster(tiny_models) -> ServeCluster:
+    """A local Ray with small explicit resources and Serve listening on a free port."""
+    import ray
+    from ray import serve
+
+    # Replicas import test helpers (fault-injecting engine wrappers) and, for the fastvideo
+    # tests, the CPU platform shim; worker processes inherit this environment.
+    paths = [str(REPO), str(SHIM_DIR), os.environ.get("PYTHONPATH", "")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    os.environ["VIDEOSERVE_FASTVIDEO_CPU_SHIM"] = "1"
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    port = free_port()
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield ServeCluster(port)
+    serve.shutdown()
+    ray.shutdown()

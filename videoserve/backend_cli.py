@@ -1,0 +1,123 @@
+"""Command line of the backend: flags -> Settings -> Ray Serve application."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from videoserve.config import (
+    ENGINES,
+    PRESETS,
+    TASKS,
+    ConfigError,
+    Settings,
+    build_specs,
+    cuda_gpu_count,
+)
+
+log = logging.getLogger("videoserve.backend")
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """Model, preset and placement flags (shared with start_ray_serve_app.py)."""
+    parser.add_argument("--preset", choices=PRESETS, default=None,
+                        help="model pair: fastwan (the real models, needs a CUDA GPU) or tiny "
+                             "(random-weight models that produce noise; any machine). "
+                             "Default: fastwan with a CUDA GPU, else tiny")
+    parser.add_argument("--engine", choices=ENGINES, default=None,
+                        help="override the preset's engine for both models")
+    parser.add_argument("--t2v_model_path", default=None,
+                        help="T2V model: a Diffusers-format folder or hub id")
+    parser.add_argument("--i2v_model_path", default=None,
+                        help="I2V model: a Diffusers-format folder or hub id")
+    parser.add_argument("--tasks", default="t2v,i2v",
+                        help="comma-separated tasks to deploy (default: t2v,i2v)")
+    parser.add_argument("--replicas", type=int, default=1, help="replicas per model")
+    parser.add_argument("--output_path", default="outputs",
+                        help="where videos (and by default input images) live")
+    parser.add_argument("--input_path", default=None,
+                        help="the only directory image_path may point into "
+                             "(default: <output_path>/inputs)")
+    parser.add_argument("--ray_address", default=None,
+                        help="join this Ray cluster (e.g. auto or ray://host:10001); "
+                             "default: start a local one")
+    parser.add_argument("--num_cpus", type=int, default=None,
+                        help="CPUs for a locally started Ray (default: all)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Serve FastVideo T2V/I2V models on Ray Serve.")
+    parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port")
+    add_model_flags(parser)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    gpus = cuda_gpu_count()
+    preset = args.preset or ("fastwan" if gpus else "tiny")
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ConfigError(f"--tasks must name t2v and/or i2v, got {args.tasks!r}")
+    specs = build_specs(preset, args.engine, args.t2v_model_path, args.i2v_model_path,
+                        gpu_count=gpus, replicas=args.replicas, tasks=tasks)  # type: ignore[arg-type]
+    output = Path(args.output_path).expanduser().resolve()
+    inputs = Path(args.input_path).expanduser().resolve() if args.input_path else None
+    return Settings(models=specs, output_path=output, input_path=inputs)
+
+
+def start(settings: Settings, host: str, port: int, ray_address: str | None,
+          num_cpus: int | None = None) -> Any:
+    """Start (or join) Ray, deploy the app, wait until every replica is up; return its handle."""
+    import ray
+    from ray import serve
+
+    from videoserve.deployments import APP_NAME, build_app
+
+    if ray_address:
+        ray.init(address=ray_address)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False)
+    serve.start(http_options={"host": host, "port": port})
+    return serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for spec in settings.models.values():
+        note = " (random weights: output is noise)" if spec.synthetic else ""
+        log.info("%s: %s on %s via %s%s", spec.task, spec.model, spec.device, spec.engine, note)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    started = time.perf_counter()
+    start(settings, args.host, args.port, args.ray_address, args.num_cpus)
+    log.info("ready in %.1fs: http://%s:%d (API docs at /docs)", time.perf_counter() - started,
+             args.host, args.port)
+    stop.wait()
+    log.info("shutting down")
+    _shutdown()
+    return 0
+
+
+def _shutdown() -> None:
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()

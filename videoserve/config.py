@@ -1,0 +1,251 @@
+"""Model specs, presets and service settings.
+
+A ``ModelSpec`` says everything a generator deployment needs: which task it serves, which model
+folder or hub id it loads, which engine runs it, where it is placed and the model's default
+sampling parameters and limits. ``Settings`` is the whole service configuration, built once from
+CLI flags (or a ``serve run`` config) and passed down explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+Task = Literal["t2v", "i2v"]
+EngineName = Literal["fastvideo", "diffusers"]
+TASKS: tuple[Task, ...] = ("t2v", "i2v")
+ENGINES: tuple[EngineName, ...] = ("fastvideo", "diffusers")
+PRESETS = ("fastwan", "tiny")
+
+# Model ids of the built-in random-weight models (see videoserve.tiny_models).
+TINY_MODEL_IDS: dict[Task, str] = {"t2v": "builtin:tiny-wan-t2v", "i2v": "builtin:tiny-wan-i2v"}
+
+DEFAULT_T2V_MODEL = "FastVideo/FastWan2.1-T2V-1.3B-Diffusers"
+DEFAULT_I2V_MODEL = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
+
+# fastvideo's offload flags default to True and one of them stays on unless passed: always pass all.
+FASTVIDEO_OFFLOAD_FLAGS = (
+    "dit_cpu_offload",
+    "dit_layerwise_offload",
+    "text_encoder_cpu_offload",
+    "image_encoder_cpu_offload",
+    "vae_cpu_offload",
+    "pin_cpu_memory",
+)
+NO_OFFLOAD: dict[str, bool] = {flag: False for flag in FASTVIDEO_OFFLOAD_FLAGS}
+
+
+class ConfigError(ValueError):
+    """The requested configuration cannot run here; the message names the way out."""
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """Parameters used when a request leaves them unset."""
+
+    height: int
+    width: int
+    num_frames: int
+    num_inference_steps: int
+    guidance_scale: float
+    fps: int
+    negative_prompt: str = ""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Largest request a model accepts (sizes are multiples of 16, frames are 4k+1)."""
+
+    max_height: int = 832
+    max_width: int = 832
+    max_pixels: int = 480 * 832
+    max_frames: int = 81
+    max_steps: int = 50
+    max_guidance_scale: float = 20.0
+    max_fps: int = 60
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One generator deployment: task, model, engine, placement and defaults."""
+
+    task: Task
+    model: str
+    engine: EngineName
+    defaults: SamplingDefaults
+    limits: Limits = field(default_factory=Limits)
+    replicas: int = 1
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
+    max_ongoing_requests: int = 1
+    # When the number of requests waiting for this model exceeds this, new ones are refused (503).
+    max_queued_requests: int = 64
+    # Engine-specific keyword options (fastvideo offload flags, attention backend, dtypes ...).
+    engine_options: dict[str, Any] = field(default_factory=dict)
+    # True for random-weight models: their output is noise.
+    synthetic: bool = False
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.num_gpus > 0 else "cpu"
+
+    def describe(self) -> dict[str, Any]:
+        """Public description served by GET /v1/models."""
+        return {
+            "id": self.model,
+            "task": self.task,
+            "engine": self.engine,
+            "device": self.device,
+            "replicas": self.replicas,
+            "synthetic": self.synthetic,
+            "defaults": self.defaults.__dict__,
+            "limits": self.limits.__dict__,
+        }
+
+
+FASTWAN_T2V_DEFAULTS = SamplingDefaults(
+    height=448, width=832, num_frames=61, num_inference_steps=3, guidance_scale=1.0, fps=16
+)
+WAN_I2V_DEFAULTS = SamplingDefaults(
+    height=480,
+    width=832,
+    num_frames=81,
+    num_inference_steps=40,
+    guidance_scale=5.0,
+    fps=16,
+    negative_prompt=(
+        "Bright tones, overexposed, static, blurred details, subtitles, worst quality, "
+        "low quality, JPEG compression residue, ugly, deformed, disfigured"
+    ),
+)
+TINY_DEFAULTS = SamplingDefaults(
+    height=64, width=64, num_frames=9, num_inference_steps=2, guidance_scale=1.0, fps=8
+)
+
+
+def preset_specs(preset: str, gpu_count: int) -> dict[Task, ModelSpec]:
+    """The two model specs of a preset, placed for ``gpu_count`` GPUs."""
+    if preset == "tiny":
+        return {
+            task: ModelSpec(
+                task=task,
+                model=TINY_MODEL_IDS[task],
+                engine="diffusers",
+                defaults=TINY_DEFAULTS,
+                synthetic=True,
+            )
+            for task in TASKS
+        }
+    if preset == "fastwan":
+        t2v = ModelSpec(
+            task="t2v",
+            model=DEFAULT_T2V_MODEL,
+            engine="fastvideo",
+            defaults=FASTWAN_T2V_DEFAULTS,
+            # FastWan was distilled with video sparse attention; fastvideo falls back to SDPA
+            # when the kernel package is missing.
+            engine_options={"attention_backend": "VIDEO_SPARSE_ATTN", "VSA_sparsity": 0.8},
+        )
+        i2v = ModelSpec(
+            task="i2v", model=DEFAULT_I2V_MODEL, engine="fastvideo", defaults=WAN_I2V_DEFAULTS
+        )
+        return {"t2v": t2v, "i2v": i2v}
+    raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+
+
+def place(specs: dict[Task, ModelSpec], gpu_count: int) -> dict[Task, ModelSpec]:
+    """Give each spec its GPU share and offload flags for the GPUs present.
+
+    Two or more GPUs: one whole GPU per model, nothing offloaded. One GPU: both models share it;
+    the I2V model offloads its text encoder and streams DiT layers so both fit in 80 GB (measured
+    peak 76 of 79.6 GiB on an H100). CPU-only specs are left as they are.
+    """
+    # Tiny random-weight models stay on the CPU under the diffusers engine; everything else that
+    # can use a GPU gets one.
+    gpu_specs = [t for t, s in specs.items() if s.engine == "fastvideo" or not s.synthetic]
+    placed = dict(specs)
+    share = 1.0 if gpu_count >= len(gpu_specs) else 1.0 / max(len(gpu_specs), 1)
+    for task in gpu_specs:
+        spec = specs[task]
+        options = dict(spec.engine_options)
+        if spec.engine == "fastvideo":
+            options = {**NO_OFFLOAD, **options}
+            if share < 1.0 and task == "i2v" and not spec.synthetic:
+                options.update(text_encoder_cpu_offload=True, dit_layerwise_offload=True)
+        placed[task] = replace(spec, num_gpus=share, num_cpus=1.0, engine_options=options)
+    return placed
+
+
+def cuda_gpu_count() -> int:
+    """Number of CUDA GPUs visible to this process (0 when torch or a driver is missing)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def fastvideo_cpu_allowed() -> bool:
+    # Only the test suite's platform shim makes fastvideo run on a CPU; never the product path.
+    return os.environ.get("VIDEOSERVE_FASTVIDEO_CPU_SHIM") == "1"
+
+
+def build_specs(
+    preset: str,
+    engine: EngineName | None = None,
+    t2v_model: str | None = None,
+    i2v_model: str | None = None,
+    gpu_count: int | None = None,
+    replicas: int = 1,
+    tasks: tuple[Task, ...] = TASKS,
+) -> dict[Task, ModelSpec]:
+    """Resolve a preset plus overrides into placed model specs, refusing what cannot run here."""
+    gpus = cuda_gpu_count() if gpu_count is None else gpu_count
+    specs = preset_specs(preset, gpus)
+    overrides = {"t2v": t2v_model, "i2v": i2v_model}
+    for task, spec in list(specs.items()):
+        changes: dict[str, Any] = {"replicas": replicas}
+        if engine:
+            changes["engine"] = engine
+        if overrides[task]:
+            changes["model"] = overrides[task]
+        specs[task] = replace(spec, **changes)
+    specs = {t: s for t, s in specs.items() if t in tasks}
+    wants_fastvideo = any(s.engine == "fastvideo" for s in specs.values())
+    if wants_fastvideo and gpus == 0:
+        if not fastvideo_cpu_allowed():
+            raise ConfigError(
+                "the fastvideo engine needs a CUDA GPU and none is visible. "
+                "Use `--preset tiny` (small random-weight models on CPU) or "
+                "`--engine diffusers` (runs the same models on CPU, slowly)."
+            )
+        return specs
+    if gpus == 0:
+        return specs
+    return place(specs, gpus)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service needs, passed to every deployment."""
+
+    models: dict[Task, ModelSpec]
+    output_path: Path = Path("outputs")
+    input_path: Path | None = None
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    max_prompt_chars: int = 2000
+    request_timeout_s: float = 3600.0
+
+    @property
+    def inputs_dir(self) -> Path:
+        return self.input_path if self.input_path is not None else self.output_path / "inputs"
+
+    @property
+    def videos_dir(self) -> Path:
+        return self.output_path / "videos"
+
+    def with_output_path(self, path: Path) -> Settings:
+        return replace(self, output_path=path)

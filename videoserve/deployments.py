@@ -1,0 +1,111 @@
+"""Ray Serve wrappers: one generator class bound per task, and the FastAPI ingress.
+
+No logic lives here: generators delegate to ``videoserve.worker`` and the ingress to
+``videoserve.service`` / ``videoserve.api``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from videoserve.config import ModelSpec, Settings, Task
+from videoserve.engines import create_engine
+from videoserve.worker import EngineFactory, GeneratorWorker, WorkItem
+
+APP_NAME = "videoserve"
+
+
+def generator_name(task: Task) -> str:
+    return f"{task}_generator"
+
+
+@serve.deployment(
+    health_check_period_s=10, health_check_timeout_s=60, graceful_shutdown_timeout_s=30
+)
+class Generator:
+    """A replica holding one loaded model (T2V or I2V)."""
+
+    def __init__(self, spec: ModelSpec, engine_factory: EngineFactory | None = None):
+        self.worker = GeneratorWorker(spec, engine_factory or create_engine)
+
+    async def run(self, item: WorkItem) -> AsyncIterator[dict[str, Any]]:
+        async for event in self.worker.run(item):
+            yield event
+
+    def info(self) -> dict[str, Any]:
+        return self.worker.info()
+
+    def check_health(self) -> None:
+        self.worker.check_health()
+
+    def __del__(self) -> None:
+        worker = getattr(self, "worker", None)
+        if worker is not None:
+            worker.close()
+
+
+def _replica_counts(app_name: str, names: dict[str, str]) -> dict[str, dict[str, Any]]:
+    status = serve.status().applications.get(app_name)
+    states: dict[str, dict[str, Any]] = {}
+    for task, name in names.items():
+        deployment = status.deployments.get(name) if status else None
+        if deployment is None:
+            states[task] = {"state": "NOT_DEPLOYED", "replicas_running": 0}
+            continue
+        replicas = {str(k.value if hasattr(k, "value") else k): v
+                    for k, v in deployment.replica_states.items()}
+        running = replicas.get("RUNNING", 0)
+        state = "RUNNING" if running else (
+            "UNHEALTHY" if str(deployment.status.value) in ("UNHEALTHY", "DEPLOY_FAILED")
+            else "LOADING")
+        states[task] = {"state": state, "replicas_running": running,
+                        "message": deployment.message or None}
+    return states
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+@serve.ingress()
+class Ingress:
+    """The HTTP entry point; holds a handle per generator."""
+
+    def __init__(self, settings: Settings, handles: dict[Task, DeploymentHandle]):
+        from videoserve.service import VideoService
+
+        self.handles = handles
+        self.app_name = serve.get_replica_context().app_name
+        self.service = VideoService(settings, self._dispatch)
+
+    def _dispatch(self, task: Task, item: WorkItem) -> AsyncIterator[dict[str, Any]]:
+        return self.handles[task].options(stream=True).run.remote(item)
+
+    async def _readiness(self) -> dict[str, dict[str, Any]]:
+        names = {task: generator_name(task) for task in self.handles}
+        return await asyncio.to_thread(_replica_counts, self.app_name, names)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from videoserve.api import create_app
+
+        return create_app(self.service, self._readiness)
+
+
+def build_app(settings: Settings, engine_factory: EngineFactory | None = None) -> serve.Application:
+    """The whole service as one Serve application: generators for each configured task.
+
+    ``engine_factory`` replaces ``create_engine`` (tests use it to wrap engines with faults).
+    """
+    handles = {
+        task: Generator.options(
+            name=generator_name(task),
+            num_replicas=spec.replicas,
+            max_ongoing_requests=spec.max_ongoing_requests,
+            max_queued_requests=spec.max_queued_requests,
+            ray_actor_options={"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus},
+        ).bind(spec, engine_factory)
+        for task, spec in settings.models.items()
+    }
+    return Ingress.bind(settings, handles)

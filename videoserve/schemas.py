@@ -1,0 +1,123 @@
+"""Every request and response body the HTTP API speaks, and the one error shape."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_PROMPT_CHARS = 2000
+SEED_MAX = 2**32 - 1
+
+
+def check_frames(value: int | None) -> int | None:
+    if value is not None and value % 4 != 1:
+        raise ValueError("num_frames must be of the form 4k+1 (e.g. 9, 17, 61, 81)")
+    return value
+
+
+def check_multiple_of_16(value: int | None) -> int | None:
+    if value is not None and value % 16:
+        raise ValueError("must be a multiple of 16")
+    return value
+
+
+class GenerateVideoRequest(BaseModel):
+    """Body of POST /generate_video. Unset parameters take the chosen model's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    model_type: Literal["t2v", "i2v"] | None = Field(
+        default=None, description="t2v or i2v; when unset, i2v if an image is given, else t2v"
+    )
+    image_path: str | None = Field(
+        default=None, description="An image file inside the backend's input directory (I2V)"
+    )
+    image: str | None = Field(
+        default=None, description="Base64 image or data URL (I2V), for clients on other machines"
+    )
+    negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
+    randomize_seed: bool = False
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=50.0)
+    num_frames: int | None = Field(default=None, ge=1, le=1025)
+    height: int | None = Field(default=None, ge=16, le=4096)
+    width: int | None = Field(default=None, ge=16, le=4096)
+    num_inference_steps: int | None = Field(default=None, ge=1, le=1000)
+    fps: int | None = Field(default=None, ge=1, le=120)
+
+    _frames = field_validator("num_frames")(check_frames)
+    _size = field_validator("height", "width")(check_multiple_of_16)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt must not be blank")
+        return value
+
+    @property
+    def has_image(self) -> bool:
+        return bool(self.image or self.image_path)
+
+
+class Timings(BaseModel):
+    inference_time: float
+    encoding_time: float
+    total_time: float
+    queue_time: float = 0.0
+
+
+class GenerateVideoResponse(BaseModel):
+    """Body returned by POST /generate_video once the video is written."""
+
+    id: str
+    video_id: str
+    status: Literal["completed"] = "completed"
+    video_url: str
+    output_path: str
+    model_type: Literal["t2v", "i2v"]
+    model: str
+    engine: str
+    synthetic: bool
+    prompt: str
+    negative_prompt: str
+    seed: int
+    num_frames: int
+    height: int
+    width: int
+    fps: int
+    num_inference_steps: int
+    guidance_scale: float
+    inference_time: float
+    encoding_time: float
+    total_time: float
+    queue_time: float
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The one error shape: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    error: ErrorBody
+
+
+class ModelState(BaseModel):
+    task: Literal["t2v", "i2v"]
+    model: str
+    state: str
+    replicas_running: int = 0
+    message: str | None = None
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    models: dict[str, ModelState]

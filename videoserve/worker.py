@@ -1,0 +1,123 @@
+"""What runs inside a generator replica: one engine, one generation at a time, events out.
+
+The engine is created and used from one dedicated thread (fastvideo ties its worker processes'
+lifetime to the thread that created them). ``run`` streams events back to the caller:
+``started``, ``progress`` (per step), then exactly one of ``result`` (with the MP4 bytes, so no
+shared filesystem is needed between nodes), ``cancelled`` or ``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from videoserve.config import ModelSpec
+from videoserve.engines import GenerationCancelled, GenerationParams, create_engine
+from videoserve.media import encode_mp4, png_to_image
+
+log = logging.getLogger(__name__)
+
+EngineFactory = Callable[[ModelSpec], Any]
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One generation as sent from the ingress to a generator replica."""
+
+    job_id: str
+    prompt: str
+    negative_prompt: str
+    seed: int
+    guidance_scale: float
+    num_frames: int
+    height: int
+    width: int
+    num_inference_steps: int
+    fps: int
+    image_png: bytes | None = None
+
+    def to_params(self) -> GenerationParams:
+        image = png_to_image(self.image_png) if self.image_png else None
+        fields = {k: v for k, v in self.__dict__.items() if k not in ("job_id", "image_png")}
+        return GenerationParams(**fields, image=image)
+
+
+class GeneratorWorker:
+    """Owns one loaded engine and runs work items on its dedicated thread."""
+
+    def __init__(self, spec: ModelSpec, engine_factory: EngineFactory = create_engine):
+        self.spec = spec
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{spec.task}-engine")
+        start = time.perf_counter()
+        self.engine = self._executor.submit(engine_factory, spec).result()
+        self.load_time = time.perf_counter() - start
+        log.info("%s model %s loaded in %.1fs", spec.task, spec.model, self.load_time)
+
+    def check_health(self) -> None:
+        healthy = getattr(self.engine, "healthy", True)
+        if not healthy:
+            raise RuntimeError(f"{self.spec.task} engine is not usable")
+
+    def info(self) -> dict[str, Any]:
+        return {**self.spec.describe(), "load_time": round(self.load_time, 3)}
+
+    async def run(self, item: WorkItem) -> AsyncIterator[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def emit(event: dict[str, Any] | None) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        self._executor.submit(self._generate, item, emit, cancel)
+        try:
+            while (event := await events.get()) is not None:
+                yield event
+        finally:
+            # The caller went away or cancelled: stop the engine at its next step.
+            cancel.set()
+
+    def _generate(self, item: WorkItem, emit: Callable, cancel: threading.Event) -> None:
+        try:
+            if cancel.is_set():
+                emit({"type": "cancelled"})
+                return
+            emit({"type": "started", "time": time.time()})
+            params = item.to_params()
+
+            def progress(step: int, total: int) -> None:
+                emit({"type": "progress", "step": step, "total_steps": total})
+
+            output = self.engine.generate(params, progress, cancel.is_set)
+            start = time.perf_counter()
+            mp4 = encode_mp4(output.frames, item.fps)
+            frames, height, width, _ = output.frames.shape
+            emit({
+                "type": "result",
+                "mp4": mp4,
+                "num_frames": int(frames),
+                "height": int(height),
+                "width": int(width),
+                "inference_time": output.inference_time,
+                "encoding_time": time.perf_counter() - start,
+                "exact_progress": output.exact_progress,
+            })
+        except GenerationCancelled:
+            emit({"type": "cancelled"})
+        except Exception as exc:  # noqa: BLE001 - reported to the client; the replica lives on
+            log.exception("generation %s failed", item.job_id)
+            emit({"type": "error", "message": f"{type(exc).__name__}: {exc}"})
+        finally:
+            emit(None)
+
+    def close(self) -> None:
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            self._executor.submit(close).result()
+        self._executor.shutdown(wait=False, cancel_futures=True)
