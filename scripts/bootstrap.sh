@@ -23,6 +23,7 @@ if [[ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]]; then
   "${pip[@]}" -r requirements.txt -r requirements-fastvideo.txt
   # fastvideo's own pins (torch, gradio) conflict with ours; its runtime imports are above.
   "${pip[@]}" --no-deps fastvideo==0.2.0
+  "${pip[@]}" --no-deps -e .
   if command -v nvidia-smi >/dev/null 2>&1; then
     # Video sparse attention kernels; importing them needs a GPU driver, so GPU machines only.
     "${pip[@]}" --no-deps fastvideo-kernel==0.2.6 || echo "fastvideo-kernel not installed (VSA off)"

@@ -46,15 +46,17 @@ CACHE_ENV = "VIDEOSERVE_MODEL_CACHE"
 # model_index.json class name. "scheduler" anywhere in the path makes
 # fastvideo.models.hf_transformer_utils.get_diffusers_config read scheduler_config.json for
 # every component.
-FASTVIDEO_PATH_TOKENS = (
-    "ltx2", "ltx-2", "stable-audio-open", "hunyuan", "hyworld", "gamecraft", "lingbotworld",
-    "lingbot-world", "kandinsky5", "kandinsky-5", "longcat", "matrix-game-2", "matrixgame2",
-    "matrix-game-3", "matrixgame3", "gen3c", "cosmos", "turbodiffusion", "turbowan", "sfwan2.2",
-    "sfwan2_2", "sd35", "stablediffusion3", "wanpipeline", "wanimagetovideo", "wandmdpipeline",
-    "wancausaldmdpipeline", "scheduler",
+FASTVIDEO_PATH_TOKENS = tuple(
+    """
+    ltx2 ltx-2 stable-audio-open hunyuan hyworld gamecraft lingbotworld lingbot-world kandinsky5
+    kandinsky-5 longcat matrix-game-2 matrixgame2 matrix-game-3 matrixgame3 gen3c cosmos
+    turbodiffusion turbowan sfwan2.2 sfwan2_2 sd35 stablediffusion3 wanpipeline wanimagetovideo
+    wandmdpipeline wancausaldmdpipeline scheduler
+    """.split()
 )
 
 _INIT_STD = 0.02
+_DIT_INIT_STD = 0.2
 _SEEDS = {"transformer": 11, "vae": 12, "text_encoder": 13, "image_encoder": 14}
 _VOCAB_SIZE = 256
 _TEXT_DIM = 32
@@ -120,7 +122,7 @@ def build_tiny_model(task: str, out_dir: Path) -> Path:
     try:
         _write_model(task, tmp)
         (tmp / MARKER_NAME).write_text(BUILDER_VERSION + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        _make_world_readable(tmp)
         old = None
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=out_dir))
@@ -147,11 +149,29 @@ def ensure_tiny_models(cache_dir: Path | None = None) -> dict[str, Path]:
         return paths
     root.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(root / ".tiny-models.lock"):
+        _remove_stale_partials(root)
         for task, path in paths.items():
             # Another process may have finished it while we waited for the lock.
             if not is_complete(path):
                 build_tiny_model(task, root)
     return paths
+
+
+def _make_world_readable(root: Path) -> None:
+    # mkdtemp makes 0700 folders and safetensors writes 0600 files; other users (a service
+    # account, a container user) must be able to read the cache.
+    os.chmod(root, 0o755)
+    for path in root.rglob("*"):
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+
+
+def _remove_stale_partials(root: Path) -> None:
+    # Left behind by builds that crashed; only called while holding the cache lock.
+    for name in FOLDER_NAMES.values():
+        for stale in root.glob(f".{name}.partial-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        for stale in root.glob(f".{name}.old-*"):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -293,7 +313,7 @@ def _write_tokenizer(folder: Path) -> None:
     _write_json(folder / "special_tokens_map.json", specials)
 
 
-def _init_small(module: object, seed: int) -> None:
+def _init_small(module: object, seed: int, std: float = _INIT_STD) -> None:
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -305,7 +325,7 @@ def _init_small(module: object, seed: int) -> None:
             elif "norm" in lowered or lowered.endswith("gamma"):
                 param.fill_(1.0)
             else:
-                param.copy_(torch.randn(param.shape, generator=generator) * _INIT_STD)
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
 
 
 def _save_safetensors(tensors: dict[str, object], path: Path) -> None:
@@ -379,7 +399,9 @@ def _write_transformer(folder: Path, i2v: bool) -> None:
         kwargs["added_kv_proj_dim"] = hidden
     torch.manual_seed(_SEEDS["transformer"])
     model = WanTransformer3DModel(**kwargs)
-    _init_small(model, _SEEDS["transformer"])
+    # Wider than the other components so the prompt, image and timestep visibly change the
+    # output; with 0.02 the DiT's contribution vanishes and every request decodes the same noise.
+    _init_small(model, _SEEDS["transformer"], std=_DIT_INIT_STD)
     model.save_pretrained(str(folder))
     if i2v:
         # fastvideo's Wan I2V cross-attention has a norm on the image query that diffusers no

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -65,7 +66,7 @@ class GeneratorWorker:
             raise RuntimeError(f"{self.spec.task} engine is not usable")
 
     def info(self) -> dict[str, Any]:
-        return {**self.spec.describe(), "load_time": round(self.load_time, 3)}
+        return {**self.spec.describe(), "load_time": round(self.load_time, 3), "pid": os.getpid()}
 
     async def run(self, item: WorkItem) -> AsyncIterator[dict[str, Any]]:
         loop = asyncio.get_running_loop()

@@ -40,7 +40,10 @@ def _patch_parallel_state(module) -> None:
 
     # A copy of the original keeps CUDA/NPU behaviour reachable from the swapped code.
     module._videoserve_original_get_local_torch_device = types.FunctionType(
-        original.__code__, original.__globals__, original.__name__, original.__defaults__,
+        original.__code__,
+        original.__globals__,
+        original.__name__,
+        original.__defaults__,
         original.__closure__,
     )
 

@@ -29,3 +29,21 @@ class FailOnMarker:
 
 def fail_on_marker(spec: ModelSpec) -> FailOnMarker:
     return FailOnMarker(create_engine(spec))
+
+
+class CrashFastVideoWorker(FailOnMarker):
+    """For the fastvideo engine: on the marker, send fastvideo an I2V request with no image.
+
+    This skips the engine's own checks, so a real fastvideo worker raises and signals its parent
+    with SIGQUIT, exactly as a worker failure would.
+    """
+
+    def generate(self, params, progress, should_cancel):
+        if FAIL_MARKER in params.prompt:
+            kwargs = self.engine._request_kwargs(params, image_path=None)
+            return self.engine.run(kwargs, params, progress, should_cancel)
+        return self.engine.generate(params, progress, should_cancel)
+
+
+def crash_fastvideo_worker(spec: ModelSpec) -> CrashFastVideoWorker:
+    return CrashFastVideoWorker(create_engine(spec))

@@ -3,8 +3,8 @@
 Recipe (diffusers 0.42.1, transformers 5):
 - Call ``from_pretrained`` on the concrete class, ``WanPipeline`` for T2V and
   ``WanImageToVideoPipeline`` for I2V, never on ``DiffusionPipeline``. diffusers only reads
-  ``model_index.json``'s ``_class_name`` when called on ``DiffusionPipeline``; on a concrete class it
-  ignores it. That matters because the folders fastvideo runs name ``WanDMDPipeline``
+  ``model_index.json``'s ``_class_name`` when called on ``DiffusionPipeline``; on a concrete
+  class it ignores it. That matters because the folders fastvideo runs name ``WanDMDPipeline``
   (FastVideo/FastWan2.1-T2V-1.3B-Diffusers, and our tiny T2V folder), a class diffusers doesn't
   have, so ``DiffusionPipeline.from_pretrained`` would fail on them.
 - The VAE (and the I2V CLIP image encoder) are loaded in float32 and passed in, as the Wan model
@@ -73,7 +73,5 @@ def load_diffusers_pipeline(
         pipeline_cls = WanImageToVideoPipeline
     else:
         pipeline_cls = WanPipeline
-    pipeline = pipeline_cls.from_pretrained(
-        source, dtype=torch_dtype, **components, **options
-    )
+    pipeline = pipeline_cls.from_pretrained(source, dtype=torch_dtype, **components, **options)
     return pipeline.to(device)
