@@ -38,7 +38,8 @@ def served_times(settings, body: dict, runs: int, port: int, threads: int) -> li
 
     from videoserve.deployments import build_app
 
-    ray.init(num_cpus=threads + 1, include_dashboard=False, log_to_driver=False,
+    ray.init(num_cpus=threads + 1, num_gpus=settings.models["t2v"].num_gpus and 1,
+             include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}})
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(settings), name="bench", route_prefix="/")
@@ -66,15 +67,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--engine", choices=("diffusers", "fastvideo"), default="diffusers")
     args = parser.parse_args()
 
     import torch
 
-    from videoserve.config import Settings, build_specs
+    from videoserve.config import Settings, build_specs, cuda_gpu_count
     from videoserve.engines import GenerationParams
 
     torch.set_num_threads(args.threads)
-    spec = build_specs("tiny", gpu_count=0, tasks=("t2v",))["t2v"]
+    spec = build_specs("tiny", engine=args.engine, gpu_count=cuda_gpu_count(),
+                       tasks=("t2v",))["t2v"]
     shape = dict(height=args.height, width=args.width, num_frames=args.frames,
                  num_inference_steps=args.steps, guidance_scale=1.0, fps=8, seed=1)
     params = GenerationParams(prompt="a lighthouse at dusk", negative_prompt="", **shape)
@@ -84,7 +87,7 @@ def main() -> None:
         body = {"prompt": params.prompt, "model_type": "t2v", **shape}
         served = served_times(settings, body, args.runs, args.port, args.threads)
     d, s = statistics.median(direct), statistics.median(served)
-    print(f"tiny T2V {args.width}x{args.height}, {args.frames} frames, {args.steps} steps, "
+    print(f"tiny T2V on {spec.device} via {spec.engine}, {args.width}x{args.height}, {args.frames} frames, {args.steps} steps, "
           f"{args.threads} threads, {args.runs} warm runs each (median)")
     print(f"direct engine call : {d * 1000:8.1f} ms   runs: {[round(t, 3) for t in direct]}")
     print(f"served HTTP e2e    : {s * 1000:8.1f} ms   runs: {[round(t, 3) for t in served]}")

@@ -1,0 +1,52 @@
+"""The fastvideo engine on a CUDA GPU, served by the same Ray Serve app (run: pytest -m gpu)."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from tests.helpers import fetch_video, png_b64
+from videoserve.config import Settings, build_specs
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def gpu_backend(gpu_cluster, tmp_path_factory):
+    import torch
+    from ray import serve
+
+    from videoserve.deployments import build_app
+
+    specs = build_specs("tiny", engine="fastvideo", gpu_count=torch.cuda.device_count())
+    assert all(spec.num_gpus > 0 for spec in specs.values())
+    settings = Settings(models=specs, output_path=tmp_path_factory.mktemp("gpu"))
+    serve.run(build_app(settings), name="gpu", route_prefix="/")
+    yield gpu_cluster.url
+    serve.delete("gpu")
+
+
+def test_fastvideo_on_gpu_t2v_and_i2v(gpu_backend):
+    url = gpu_backend
+    ready = requests.get(url + "/ready", timeout=30)
+    assert ready.status_code == 200, ready.text
+    models = requests.get(url + "/v1/models", timeout=10).json()["data"]
+    assert {(m["engine"], m["device"]) for m in models} == {("fastvideo", "cuda")}
+    cases = [
+        ("t2v", {"prompt": "a paper boat on a river", "num_frames": 17, "height": 128,
+                 "width": 160, "seed": 5}),
+        ("i2v", {"prompt": "the picture starts to move", "image": png_b64(320, 240),
+                 "num_frames": 9, "height": 96, "width": 128, "seed": 6}),
+    ]
+    for task, body in cases:
+        response = requests.post(url + "/generate_video", json=body, timeout=600)
+        assert response.status_code == 200, response.text
+        result = response.json()
+        assert result["model_type"] == task and result["engine"] == "fastvideo"
+        info = fetch_video(url, result)
+        print(f"{task}: {info.frames} frames {info.width}x{info.height} {info.codec} "
+              f"{info.pix_fmt} faststart={info.faststart} inference {result['inference_time']}s "
+              f"total {result['total_time']}s")
+        assert (info.frames, info.width, info.height) == (
+            body["num_frames"], body["width"], body["height"])
+        assert info.codec == "h264" and info.pix_fmt == "yuv420p" and info.faststart
