@@ -121,3 +121,15 @@ def _shutdown() -> None:
         serve.shutdown()
     finally:
         ray.shutdown()
+
+
+def app_builder(args: dict[str, str]) -> Any:
+    """Application builder for ``serve run videoserve.backend_cli:app_builder preset=tiny ...``.
+
+    Takes the same options as the backend's flags (without the leading dashes); host, port and
+    ray_address belong to ``serve run`` itself there.
+    """
+    from videoserve.deployments import build_app
+
+    argv = [f"--{key}={value}" for key, value in args.items()]
+    return build_app(settings_from_args(build_parser().parse_args(argv)))
