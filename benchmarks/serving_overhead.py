@@ -87,7 +87,8 @@ def main() -> None:
         body = {"prompt": params.prompt, "model_type": "t2v", **shape}
         served = served_times(settings, body, args.runs, args.port, args.threads)
     d, s = statistics.median(direct), statistics.median(served)
-    print(f"tiny T2V on {spec.device} via {spec.engine}, {args.width}x{args.height}, {args.frames} frames, {args.steps} steps, "
+    print(f"tiny T2V on {spec.device} via {spec.engine}, {args.width}x{args.height}, "
+          f"{args.frames} frames, {args.steps} steps, "
           f"{args.threads} threads, {args.runs} warm runs each (median)")
     print(f"direct engine call : {d * 1000:8.1f} ms   runs: {[round(t, 3) for t in direct]}")
     print(f"served HTTP e2e    : {s * 1000:8.1f} ms   runs: {[round(t, 3) for t in served]}")

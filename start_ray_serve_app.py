@@ -1,0 +1,8 @@
+"""Start the backend and the Gradio UI together; Ctrl-C stops both. See README.md for flags."""
+
+import sys
+
+from videoserve.launcher import main
+
+if __name__ == "__main__":
+    sys.exit(main())

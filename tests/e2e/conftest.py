@@ -1,0 +1,54 @@
+"""Fixtures of the end-to-end suite: a tiny backend under a route prefix and the Gradio UI
+in front of it, served in-process on a free port (shared by the browser and client tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import requests
+
+from tests.conftest import REPO, free_port
+from videoserve.config import Settings, build_specs
+
+SCREENSHOTS = REPO / "test-output" / "screenshots"
+
+
+@dataclass
+class UiServer:
+    url: str
+    backend_url: str
+
+
+@pytest.fixture(scope="package")
+def e2e_backend(serve_cluster, tmp_path_factory) -> str:
+    """The tiny T2V + I2V app on the shared Serve instance, under /e2e."""
+    from ray import serve
+
+    from videoserve.client import VideoClient
+    from videoserve.deployments import build_app
+
+    settings = Settings(models=build_specs("tiny", gpu_count=0),
+                        output_path=tmp_path_factory.mktemp("e2e-out"))
+    serve.run(build_app(settings), name="e2e", route_prefix="/e2e")
+    url = serve_cluster.url + "/e2e"
+    # serve.run returns once the replicas are up; the models must answer "ready" too.
+    VideoClient(url).wait_ready(timeout=120, poll_s=0.5)
+    yield url
+    serve.delete("e2e")
+
+
+@pytest.fixture(scope="package")
+def ui_server(e2e_backend, tmp_path_factory) -> UiServer:
+    """The Gradio UI (``videoserve.ui``) launched in-process against the prefixed backend."""
+    from videoserve.ui import UiConfig, build_ui
+
+    assets = tmp_path_factory.mktemp("ui-assets")
+    demo = build_ui(UiConfig(e2e_backend), assets)
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                        allowed_paths=[str(assets)], show_error=True, quiet=True)
+    url = f"http://127.0.0.1:{port}/"
+    assert requests.get(url, timeout=30).status_code == 200
+    yield UiServer(url=url, backend_url=e2e_backend)
+    demo.close()

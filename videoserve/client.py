@@ -1,0 +1,123 @@
+"""The one HTTP client of the backend, for the UI, the tests and users' scripts.
+
+    from videoserve.client import VideoClient
+    client = VideoClient("http://127.0.0.1:8000")
+    result = client.generate("A red fox running through snow", num_frames=17)
+    open("fox.mp4", "wb").write(client.download(result))
+
+It needs only ``requests`` (no torch, ray or fastvideo).
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
+
+import requests
+
+
+class BackendError(Exception):
+    """The backend answered with an error, or could not be reached (status 0)."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def encode_image(image: bytes | str | Path) -> str:
+    """A data URL for image bytes or an image file."""
+    data = image if isinstance(image, bytes) else Path(image).read_bytes()
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+class VideoClient:
+    """Talks to a videoserve backend over HTTP."""
+
+    def __init__(self, base_url: str, timeout: float = 3600.0):
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+
+    def _request(self, method: str, path: str, timeout: float | None = None,
+                 **kwargs: Any) -> requests.Response:
+        url = path if path.startswith("http") else self.base_url + path
+        try:
+            response = self.session.request(method, url, timeout=timeout or self.timeout,
+                                            **kwargs)
+        except requests.ConnectionError as exc:
+            raise BackendError(0, f"the backend at {self.base_url} is unreachable") from exc
+        except requests.Timeout as exc:
+            raise BackendError(0, f"the backend at {self.base_url} did not answer in time") from exc
+        if response.status_code >= 400:
+            raise self._error(response)
+        return response
+
+    @staticmethod
+    def _error(response: requests.Response) -> BackendError:
+        try:
+            error = response.json()["error"]
+            return BackendError(response.status_code, error["message"], error.get("param"),
+                                error.get("code"))
+        except (ValueError, KeyError, TypeError):
+            return BackendError(response.status_code,
+                                f"HTTP {response.status_code}: {response.text[:200]}")
+
+    def health(self) -> dict[str, Any]:
+        return self._request("GET", "/health", timeout=10).json()
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, per-model states); a 503 is an answer here, not an error."""
+        try:
+            response = self.session.get(self.base_url + "/ready", timeout=10)
+        except requests.RequestException as exc:
+            raise BackendError(0, f"the backend at {self.base_url} is unreachable") from exc
+        if response.status_code not in (200, 503):
+            raise self._error(response)
+        body = response.json()
+        return bool(body.get("ready")), body.get("models", {})
+
+    def wait_ready(self, timeout: float = 1800.0, poll_s: float = 1.0,
+                   on_wait: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Block until every model is loaded; ``on_wait`` gets a status line while waiting."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                is_ready, models = self.ready()
+                if is_ready:
+                    return models
+                line = ", ".join(f"{t}: {m.get('state')}" for t, m in models.items())
+            except BackendError as exc:
+                line = exc.message
+            if time.monotonic() > deadline:
+                raise BackendError(0, f"backend not ready after {timeout:.0f}s ({line})")
+            if on_wait:
+                on_wait(line)
+            time.sleep(poll_s)
+
+    def models(self) -> dict[str, dict[str, Any]]:
+        """Deployed models by task ("t2v", "i2v"), with defaults and limits."""
+        data = self._request("GET", "/v1/models", timeout=10).json()["data"]
+        return {model["task"]: model for model in data}
+
+    def generate(self, prompt: str, image: bytes | str | Path | None = None,
+                 **params: Any) -> dict[str, Any]:
+        """Generate one video and return the backend's response (see README)."""
+        body: dict[str, Any] = {"prompt": prompt, **{k: v for k, v in params.items()
+                                                     if v is not None}}
+        if image is not None:
+            body["image"] = encode_image(image)
+        return self._request("POST", "/generate_video", json=body).json()
+
+    def download(self, result: dict[str, Any] | str) -> bytes:
+        """The MP4 bytes of a result (or of a ``video_url``)."""
+        url = result if isinstance(result, str) else result["video_url"]
+        # video_url is absolute from the server root (it includes any route prefix).
+        return self._request("GET", urljoin(self.base_url + "/", url), timeout=300).content

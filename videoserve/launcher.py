@@ -1,0 +1,179 @@
+"""start_ray_serve_app.py: run the backend and the UI together, and stop them together.
+
+The backend starts first; the UI starts once every model is loaded. Each process's log lines are
+prefixed with its name. Ctrl-C or SIGTERM stops both (the backend shuts down the Ray instance it
+started); if either process dies, the other is stopped and the launcher exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from videoserve.backend_cli import add_model_flags
+from videoserve.client import BackendError, VideoClient
+
+ROOT = Path(__file__).resolve().parents[1]
+FORWARDED = ("preset", "engine", "t2v_model_path", "i2v_model_path", "tasks", "replicas",
+             "output_path", "input_path", "ray_address", "num_cpus")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Start the backend and the Gradio UI together.")
+    parser.add_argument("--backend_host", default="127.0.0.1")
+    parser.add_argument("--backend_port", type=int, default=8000)
+    parser.add_argument("--frontend_host", default="127.0.0.1")
+    parser.add_argument("--frontend_port", type=int, default=7860)
+    parser.add_argument("--ready_timeout", type=float, default=3600.0,
+                        help="seconds to wait for the models to load")
+    add_model_flags(parser)
+    return parser
+
+
+def backend_command(args: argparse.Namespace) -> list[str]:
+    command = [sys.executable, str(ROOT / "ray_serve_backend.py"), "--host", args.backend_host,
+               "--port", str(args.backend_port)]
+    for name in FORWARDED:
+        value = getattr(args, name)
+        if value is not None:
+            command += [f"--{name}", str(value)]
+    return command
+
+
+def _pump(name: str, stream, out=sys.stdout) -> None:
+    for line in iter(stream.readline, ""):
+        out.write(f"[{name}] {line}")
+        out.flush()
+
+
+class Managed:
+    """A child process in its own process group, with prefixed output."""
+
+    def __init__(self, name: str, command: list[str]):
+        self.name = name
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, bufsize=1, start_new_session=True, cwd=ROOT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        threading.Thread(target=_pump, args=(name, self.proc.stdout), daemon=True).start()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, grace_s: float = 45.0) -> None:
+        """SIGINT (clean shutdown), then SIGKILL of the whole group after ``grace_s``."""
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # anything left in its group
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+def _banner(args: argparse.Namespace) -> None:
+    from videoserve.config import cuda_gpu_count
+
+    if args.preset is None and cuda_gpu_count() == 0:
+        print("=" * 72)
+        print("No CUDA GPU found: serving the TINY random-weight models (--preset tiny).")
+        print("They produce noise; use a CUDA machine for the real FastVideo models.")
+        print("=" * 72, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _banner(args)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    backend = Managed("backend", backend_command(args))
+    children = [backend]
+    try:
+        backend_url = f"http://{_connect_host(args.backend_host)}:{args.backend_port}"
+        if not _wait_for_backend(backend, backend_url, args.ready_timeout, stop):
+            return 0 if stop.is_set() else 1
+        ui_command = [sys.executable, str(ROOT / "gradio_frontend.py"), "--backend_url",
+                      backend_url, "--host", args.frontend_host,
+                      "--port", str(args.frontend_port)]
+        for name in ("t2v_model_path", "i2v_model_path"):
+            if getattr(args, name):
+                ui_command += [f"--{name}", getattr(args, name)]
+        frontend = Managed("frontend", ui_command)
+        children.append(frontend)
+        frontend_url = f"http://{_connect_host(args.frontend_host)}:{args.frontend_port}"
+        if not _wait_for_frontend(frontend, frontend_url, stop):
+            return 0 if stop.is_set() else 1
+        print(f"Backend:  {backend_url}  (API docs: {backend_url}/docs)")
+        print(f"Frontend: {frontend_url}")
+        print("Press Ctrl-C to stop both.", flush=True)
+        while not stop.wait(0.5):
+            for child in children:
+                if not child.alive():
+                    print(f"{child.name} exited with code {child.proc.returncode}; stopping",
+                          flush=True)
+                    return 1
+        return 0
+    finally:
+        print("Stopping…", flush=True)
+        for child in reversed(children):
+            child.stop()
+
+
+def _connect_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def _wait_for_frontend(frontend: Managed, url: str, stop: threading.Event,
+                       timeout: float = 300.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not stop.is_set() and time.monotonic() < deadline:
+        if not frontend.alive():
+            print(f"frontend exited with code {frontend.proc.returncode}", flush=True)
+            return False
+        try:
+            if requests.get(url, timeout=5).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        stop.wait(0.5)
+    return False
+
+
+def _wait_for_backend(backend: Managed, url: str, timeout: float,
+                      stop: threading.Event) -> bool:
+    client = VideoClient(url)
+    deadline = time.monotonic() + timeout
+    last = ""
+    while not stop.is_set():
+        if not backend.alive():
+            print(f"backend exited with code {backend.proc.returncode} before it was ready",
+                  flush=True)
+            return False
+        try:
+            ready, models = client.ready()
+            line = ", ".join(f"{t}: {m.get('state')}" for t, m in models.items())
+            if ready:
+                print(f"Backend ready ({line})", flush=True)
+                return True
+        except BackendError:
+            line = "starting Ray and loading models"
+        if line != last:
+            print(f"Waiting for the backend: {line}", flush=True)
+            last = line
+        if time.monotonic() > deadline:
+            print(f"backend not ready after {timeout:.0f}s", flush=True)
+            return False
+        stop.wait(1.0)
+    return False
