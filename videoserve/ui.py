@@ -44,7 +44,8 @@ def example_image(kind: str, folder: Path) -> str:
         (120, 170, 230), (70, 110, 70))
     for y in range(480):
         t = y / 479
-        draw.line([(0, y), (831, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom, strict=True)))
+        color = tuple(int(a + (b - a) * t) for a, b in zip(top, bottom, strict=True))
+        draw.line([(0, y), (831, y)], fill=color)
     if kind == "beach":
         draw.ellipse((360, 150, 470, 260), fill=(255, 220, 120))
         draw.rectangle((0, 330, 831, 479), fill=(230, 200, 150))

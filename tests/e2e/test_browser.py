@@ -157,7 +157,7 @@ def test_bad_inputs_show_errors(page):
     # Rejected by the backend (prompts are limited to 2000 characters); the UI shows its message.
     page.locator("#t2v-prompt textarea").fill("a fox " * 400)
     page.locator("#t2v-run").click()
-    error_toast(page, "Backend error")
+    error_toast(page, "Backend error: prompt: String should have at most 2000 characters")
     # The I2V tab without an image.
     page.get_by_role("tab", name="Image-to-Video").click()
     page.locator("#i2v-prompt textarea").fill("Clouds drift over the mountains.")
