@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -18,6 +19,54 @@ from videoserve.engines import create_engine
 from videoserve.worker import EngineFactory, GeneratorWorker, WorkItem
 
 APP_NAME = "videoserve"
+NAMESPACE = "videoserve"
+
+
+@ray.remote(num_cpus=0)
+class CancelBoard:
+    """Cancel requests for running jobs: generator replicas wait on it, the ingress signals it."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+        self._cancelled: set[str] = set()
+
+    async def cancel(self, job_id: str) -> None:
+        self._cancelled.add(job_id)
+        self._events.setdefault(job_id, asyncio.Event()).set()
+
+    async def wait(self, job_id: str) -> bool:
+        """Returns True as soon as ``job_id`` is cancelled, False once it is released."""
+        await self._events.setdefault(job_id, asyncio.Event()).wait()
+        return job_id in self._cancelled
+
+    async def release(self, job_id: str) -> None:
+        self._cancelled.discard(job_id)
+        event = self._events.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+
+def board_name(app_name: str) -> str:
+    return f"cancel-board-{app_name}"
+
+
+class BoardSignal:
+    """A generator replica's view of the board (looked up when first needed)."""
+
+    def __init__(self, app_name: str):
+        self.app_name = app_name
+        self._board: Any = None
+
+    def _handle(self) -> Any:
+        if self._board is None:
+            self._board = ray.get_actor(board_name(self.app_name), namespace=NAMESPACE)
+        return self._board
+
+    async def wait(self, job_id: str) -> bool:
+        return await self._handle().wait.remote(job_id)
+
+    async def release(self, job_id: str) -> None:
+        await self._handle().release.remote(job_id)
 
 
 def generator_name(task: Task) -> str:
@@ -31,7 +80,9 @@ class Generator:
     """A replica holding one loaded model (T2V or I2V)."""
 
     def __init__(self, spec: ModelSpec, engine_factory: EngineFactory | None = None):
-        self.worker = GeneratorWorker(spec, engine_factory or create_engine)
+        app_name = serve.get_replica_context().app_name
+        self.worker = GeneratorWorker(spec, engine_factory or create_engine,
+                                      BoardSignal(app_name))
 
     async def run(self, item: WorkItem) -> AsyncIterator[dict[str, Any]]:
         async for event in self.worker.run(item):
@@ -78,7 +129,12 @@ class Ingress:
 
         self.handles = handles
         self.app_name = serve.get_replica_context().app_name
-        self.service = VideoService(settings, self._dispatch)
+        self.board = CancelBoard.options(name=board_name(self.app_name), namespace=NAMESPACE,
+                                         get_if_exists=True).remote()
+        self.service = VideoService(settings, self._dispatch, self._request_cancel)
+
+    async def _request_cancel(self, job_id: str) -> None:
+        await self.board.cancel.remote(job_id)
 
     def _dispatch(self, task: Task, item: WorkItem) -> AsyncIterator[dict[str, Any]]:
         return self.handles[task].options(stream=True).run.remote(item)

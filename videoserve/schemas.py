@@ -62,11 +62,21 @@ class GenerateVideoRequest(BaseModel):
         return bool(self.image or self.image_path)
 
 
-class Timings(BaseModel):
-    inference_time: float
-    encoding_time: float
-    total_time: float
-    queue_time: float = 0.0
+class VideoCreateRequest(GenerateVideoRequest):
+    """Body of POST /v1/videos: OpenAI's fields plus every field of /generate_video."""
+
+    model: str | None = Field(default=None, description="t2v, i2v or a deployed model id")
+    size: str | None = Field(default=None, description="WIDTHxHEIGHT, e.g. 832x480")
+    seconds: float | None = Field(default=None, gt=0, le=60,
+                                  description="duration; mapped to num_frames at the model's fps")
+
+
+class BatchRequest(BaseModel):
+    """Body of POST /v1/videos/batch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: list[dict[str, Any]] = Field(min_length=1, max_length=64)
 
 
 class GenerateVideoResponse(BaseModel):
@@ -94,6 +104,7 @@ class GenerateVideoResponse(BaseModel):
     encoding_time: float
     total_time: float
     queue_time: float
+    cached: bool = False
 
 
 class ErrorBody(BaseModel):

@@ -7,11 +7,14 @@ yields the generator's events (see ``videoserve.worker``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import secrets
+import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,8 @@ from videoserve.worker import WorkItem
 log = logging.getLogger(__name__)
 
 Dispatch = Callable[[Task, WorkItem], AsyncIterator[dict[str, Any]]]
+# Asks the generator replica running a job to stop it at its next step.
+RequestCancel = Callable[[str], Awaitable[None]]
 SAMPLING_FIELDS = (
     "guidance_scale",
     "num_frames",
@@ -99,16 +104,38 @@ def sandboxed_path(root: Path, image_path: str) -> Path:
     return resolved
 
 
+@dataclass
+class Prepared:
+    """A validated request, resolved against its model and ready to queue."""
+
+    task: Task
+    spec: ModelSpec
+    prompt: str
+    params: dict[str, Any]
+    image_png: bytes | None
+    fingerprint: str | None  # set only for explicit seeds: those results can be reused
+
+
+def fingerprint(task: Task, spec: ModelSpec, prompt: str, params: dict[str, Any],
+                image_png: bytes | None) -> str:
+    digest = hashlib.sha256(image_png).hexdigest() if image_png else None
+    key = json.dumps([task, spec.model, spec.engine, prompt, params, digest], sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 class VideoService:
     """Validates requests, runs them as jobs on the generators and stores their videos."""
 
-    def __init__(self, settings: Settings, dispatch: Dispatch):
+    def __init__(self, settings: Settings, dispatch: Dispatch,
+                 request_cancel: RequestCancel | None = None):
         self.settings = settings
         self.dispatch = dispatch
-        self.jobs = JobStore()
-        self._tasks: set[asyncio.Task] = set()
+        self.request_cancel = request_cancel
         settings.videos_dir.mkdir(parents=True, exist_ok=True)
         settings.inputs_dir.mkdir(parents=True, exist_ok=True)
+        self.jobs = JobStore(settings.output_path / "jobs.sqlite3")
+        self._runners: dict[str, asyncio.Task] = {}
+        self._streams: dict[str, Any] = {}
 
     def spec_for(self, task: Task) -> ModelSpec:
         spec = self.settings.models.get(task)
@@ -134,7 +161,8 @@ class VideoService:
         except MediaError as exc:
             raise ApiError(422, f"{param}: {exc}", param=param, code="invalid_image") from exc
 
-    async def submit(self, request: GenerateVideoRequest) -> Job:
+    async def prepare(self, request: GenerateVideoRequest) -> Prepared:
+        """Validate against the chosen model (4xx naming the field) and resolve defaults."""
         task = select_task(request)
         spec = self.spec_for(task)
         if task == "t2v" and request.has_image:
@@ -145,46 +173,112 @@ class VideoService:
                            "or image_path", param="image", code="image_required")
         params = apply_defaults(request, spec)
         image_png = await self.prepare_image(request, params) if task == "i2v" else None
-        waiting = self.jobs.count(task, ("queued", "in_progress"))
+        explicit_seed = request.seed is not None and not request.randomize_seed
+        key = fingerprint(task, spec, request.prompt, params, image_png) if explicit_seed else None
+        return Prepared(task, spec, request.prompt, params, image_png, key)
+
+    def enqueue(self, prepared: Prepared, idempotency_key: str | None = None) -> tuple[Job, bool]:
+        """Queue a prepared request; (job, cached). A cached job is an earlier identical one."""
+        if idempotency_key:
+            earlier = self.jobs.by_idempotency_key(idempotency_key)
+            if earlier is not None:
+                return earlier, False
+        if prepared.fingerprint:
+            earlier = self.jobs.completed_with_fingerprint(prepared.fingerprint)
+            if earlier is not None and self.video_file(earlier.id).is_file():
+                return earlier, True
+        task, spec = prepared.task, prepared.spec
+        waiting = sum(1 for j in self.jobs.active() if j.task == task)
         if waiting >= spec.max_queued_requests + spec.replicas * spec.max_ongoing_requests:
             raise ApiError(503, f"the {task} queue is full ({waiting} jobs); retry later",
                            type="server_error", code="queue_full", headers={"Retry-After": "5"})
         job = Job(id=new_job_id(), task=task, model=spec.model, engine=spec.engine,
-                  synthetic=spec.synthetic, params={"prompt": request.prompt, **params},
-                  total_steps=params["num_inference_steps"])
+                  synthetic=spec.synthetic, params={"prompt": prepared.prompt, **prepared.params},
+                  total_steps=prepared.params["num_inference_steps"],
+                  fingerprint=prepared.fingerprint, idempotency_key=idempotency_key,
+                  estimated_progress=spec.engine == "fastvideo")
         self.jobs.add(job)
-        item = WorkItem(job_id=job.id, prompt=request.prompt, image_png=image_png, **params)
-        runner = asyncio.create_task(self._run(job, item))
-        self._tasks.add(runner)
-        runner.add_done_callback(self._tasks.discard)
-        return job
+        item = WorkItem(job_id=job.id, prompt=prepared.prompt, image_png=prepared.image_png,
+                        **prepared.params)
+        self._runners[job.id] = asyncio.create_task(self._run(job, item))
+        return job, False
+
+    async def submit(self, request: GenerateVideoRequest,
+                     idempotency_key: str | None = None) -> tuple[Job, bool]:
+        return self.enqueue(await self.prepare(request), idempotency_key)
 
     async def _run(self, job: Job, item: WorkItem) -> None:
         try:
-            async for event in self.dispatch(job.task, item):
+            stream = self._streams[job.id] = self.dispatch(job.task, item)
+            async for event in stream:
                 await self._on_event(job, event)
+        except asyncio.CancelledError:
+            pass
         except Exception as exc:  # noqa: BLE001 - the replica died or could not be reached
-            log.exception("job %s lost its generator", job.id)
-            self.jobs.update(job, status="failed", error=f"generator unavailable: {exc}",
-                             finished_at=time.time())
+            if not job.done:
+                log.exception("job %s lost its generator", job.id)
+                self.jobs.update(job, status="failed", error=f"generator unavailable: {exc}",
+                                 finished_at=time.time())
+        finally:
+            self._streams.pop(job.id, None)
+            self._runners.pop(job.id, None)
         if not job.done:
             self.jobs.update(job, status="failed", error="generator ended without a result",
                              finished_at=time.time())
 
     async def _on_event(self, job: Job, event: dict[str, Any]) -> None:
         kind = event["type"]
+        if job.done:
+            return  # cancelled while the event was on its way
         if kind == "started":
             self.jobs.update(job, status="in_progress", started_at=time.time())
         elif kind == "progress":
-            self.jobs.update(job, step=event["step"], total_steps=event["total_steps"])
+            self.jobs.update(job, step=max(job.step, event["step"]),
+                             total_steps=event["total_steps"])
         elif kind == "result":
             result = await asyncio.to_thread(self._store_result, job, event)
             self.jobs.update(job, status="completed", result=result, step=job.total_steps,
                              finished_at=time.time())
         elif kind == "cancelled":
-            self.jobs.update(job, status="cancelled", finished_at=time.time())
+            detail = {k: event.get(k) for k in ("cancel_received_at_step", "stopped_at_step")}
+            self.jobs.update(job, status="cancelled", finished_at=time.time(),
+                             cancellation={**(job.cancellation or {}), **detail})
         elif kind == "error":
             self.jobs.update(job, status="failed", error=event["message"], finished_at=time.time())
+
+    async def cancel(self, job: Job, wait_s: float = 10.0) -> Job:
+        """Cancel a queued job at once; ask a running one to stop and wait a little for it."""
+        requested = {"requested_at": time.time(), "requested_at_step": job.step}
+        if job.status == "queued":
+            self.jobs.update(job, status="cancelled", finished_at=time.time(),
+                             cancellation=requested)
+            stream = self._streams.get(job.id)
+            if stream is not None and hasattr(stream, "cancel"):
+                stream.cancel()  # never reaches (or is dropped by) a generator
+            runner = self._runners.get(job.id)
+            if runner is not None:
+                runner.cancel()
+            return job
+        if job.status == "in_progress" and self.request_cancel is not None:
+            self.jobs.update(job, cancellation=requested)
+            await self.request_cancel(job.id)
+            try:
+                return await self.jobs.wait(job.id, wait_s)
+            except TimeoutError:
+                return job
+        return job
+
+    def delete_files(self, job: Job) -> None:
+        folder = self.settings.videos_dir / job.id
+        if folder.is_dir():
+            shutil.rmtree(folder)
+        self.jobs.delete(job.id)
+
+    def queue_position(self, job: Job) -> int | None:
+        if job.status != "queued":
+            return None
+        queued = [j.id for j in self.jobs.active() if j.task == job.task and j.status == "queued"]
+        return queued.index(job.id) if job.id in queued else None
 
     def video_file(self, job_id: str) -> Path:
         return self.settings.videos_dir / job_id / "video.mp4"
@@ -204,7 +298,6 @@ class VideoService:
             "encoding_time": round(event["encoding_time"], 4),
             "queue_time": round(started - job.created_at, 4),
             "total_time": round(finished - job.created_at, 4),
-            "exact_progress": event.get("exact_progress", True),
         }
         record = {**job.to_dict(), "status": "completed", "result": result}
         write_atomic(path.parent / "record.json", json.dumps(record, indent=2).encode())
@@ -212,7 +305,7 @@ class VideoService:
 
     async def generate(self, request: GenerateVideoRequest) -> dict[str, Any]:
         """Submit a job and wait for it: the synchronous route's behaviour."""
-        job = await self.submit(request)
+        job, cached = await self.submit(request)
         try:
             job = await self.jobs.wait(job.id, self.settings.request_timeout_s)
         except TimeoutError as exc:
@@ -224,11 +317,12 @@ class VideoService:
                            code="generation_failed")
         if job.status == "cancelled":
             raise ApiError(409, f"job {job.id} was cancelled", code="cancelled")
-        return self.response_body(job)
+        return {**self.response_body(job), "cached": cached}
 
     @staticmethod
     def response_body(job: Job) -> dict[str, Any]:
-        assert job.result is not None
+        if job.result is None:
+            raise ApiError(409, f"job {job.id} has no result", code="not_completed")
         params = job.params
         return {
             "id": job.id,
@@ -240,5 +334,5 @@ class VideoService:
             "synthetic": job.synthetic,
             **{k: params[k] for k in ("prompt", "negative_prompt", "seed", "fps",
                                       "num_inference_steps", "guidance_scale")},
-            **{k: v for k, v in job.result.items() if k != "exact_progress"},
+            **job.result,
         }

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from videoserve.config import ModelSpec
 from videoserve.engines import GenerationCancelled, GenerationParams, create_engine
@@ -25,6 +25,15 @@ from videoserve.media import encode_mp4, png_to_image
 log = logging.getLogger(__name__)
 
 EngineFactory = Callable[[ModelSpec], Any]
+
+
+class CancelSignal(Protocol):
+    """Where the ingress's cancel requests for running jobs arrive."""
+
+    async def wait(self, job_id: str) -> bool:
+        """True when ``job_id`` is cancelled; False once released."""
+
+    async def release(self, job_id: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -52,8 +61,11 @@ class WorkItem:
 class GeneratorWorker:
     """Owns one loaded engine and runs work items on its dedicated thread."""
 
-    def __init__(self, spec: ModelSpec, engine_factory: EngineFactory = create_engine):
+    def __init__(self, spec: ModelSpec, engine_factory: EngineFactory = create_engine,
+                 cancel_signal: CancelSignal | None = None):
         self.spec = spec
+        self.cancel_signal = cancel_signal
+        self.generations = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{spec.task}-engine")
         start = time.perf_counter()
         self.engine = self._executor.submit(engine_factory, spec).result()
@@ -66,7 +78,8 @@ class GeneratorWorker:
             raise RuntimeError(f"{self.spec.task} engine is not usable")
 
     def info(self) -> dict[str, Any]:
-        return {**self.spec.describe(), "load_time": round(self.load_time, 3), "pid": os.getpid()}
+        return {**self.spec.describe(), "load_time": round(self.load_time, 3), "pid": os.getpid(),
+                "generations": self.generations}
 
     async def run(self, item: WorkItem) -> AsyncIterator[dict[str, Any]]:
         loop = asyncio.get_running_loop()
@@ -76,15 +89,31 @@ class GeneratorWorker:
         def emit(event: dict[str, Any] | None) -> None:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
-        self._executor.submit(self._generate, item, emit, cancel)
+        reached = {"step": 0, "cancel_received_at": None}
+        self._executor.submit(self._generate, item, emit, cancel, reached)
+        watcher = asyncio.create_task(self._watch_cancel(item.job_id, cancel, reached))
         try:
             while (event := await events.get()) is not None:
                 yield event
         finally:
-            # The caller went away or cancelled: stop the engine at its next step.
+            # Finished, or the caller went away or cancelled: stop the engine at its next step.
             cancel.set()
+            watcher.cancel()
+            if self.cancel_signal is not None:
+                asyncio.ensure_future(self.cancel_signal.release(item.job_id))
 
-    def _generate(self, item: WorkItem, emit: Callable, cancel: threading.Event) -> None:
+    async def _watch_cancel(self, job_id: str, cancel: threading.Event, reached: dict) -> None:
+        if self.cancel_signal is None:
+            return
+        try:
+            if await self.cancel_signal.wait(job_id):
+                reached["cancel_received_at"] = reached["step"]
+                cancel.set()
+        except Exception:  # noqa: BLE001 - a lost cancel board must not fail the job
+            log.warning("cancel board unreachable; job %s can only be dropped", job_id)
+
+    def _generate(self, item: WorkItem, emit: Callable, cancel: threading.Event,
+                  reached: dict[str, Any]) -> None:
         try:
             if cancel.is_set():
                 emit({"type": "cancelled"})
@@ -93,8 +122,10 @@ class GeneratorWorker:
             params = item.to_params()
 
             def progress(step: int, total: int) -> None:
+                reached["step"] = step
                 emit({"type": "progress", "step": step, "total_steps": total})
 
+            self.generations += 1
             output = self.engine.generate(params, progress, cancel.is_set)
             start = time.perf_counter()
             mp4 = encode_mp4(output.frames, item.fps)
@@ -110,7 +141,8 @@ class GeneratorWorker:
                 "exact_progress": output.exact_progress,
             })
         except GenerationCancelled:
-            emit({"type": "cancelled"})
+            emit({"type": "cancelled", "stopped_at_step": reached["step"],
+                  "cancel_received_at_step": reached["cancel_received_at"]})
         except Exception as exc:  # noqa: BLE001 - reported to the client; the replica lives on
             log.exception("generation %s failed", item.job_id)
             emit({"type": "error", "message": f"{type(exc).__name__}: {exc}"})

@@ -41,8 +41,7 @@ def browser():
 
 @pytest.fixture
 def page(browser, ui_server):
-    """A fresh page on the UI once the backend is reported ready and the sliders show the
-    backend's defaults (so the page's load events cannot overwrite values set by a test)."""
+    """A fresh page on the UI, once it reports the backend ready."""
     context = browser.new_context(viewport={"width": 1280, "height": 1400})
     page = context.new_page()
     page.set_default_timeout(UI_MS)
