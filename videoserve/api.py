@@ -143,6 +143,12 @@ def add_video_routes(app: FastAPI, service: VideoService) -> None:
             raise ApiError(422, "only variant=video is available", param="variant")
         return _content(service, job_id)
 
+    @app.post("/v1/videos/{job_id}/cancel", responses=ERRORS)
+    async def cancel_video(job_id: str) -> dict[str, Any]:
+        """Cancel a queued or running job; a finished job is returned unchanged."""
+        job = _job(service, job_id)
+        return view(await service.cancel(job) if not job.done else job)
+
     @app.delete("/v1/videos/{job_id}", responses=ERRORS)
     async def delete_video(job_id: str) -> dict[str, Any]:
         """Cancel a queued or running job; delete a finished one and its files."""

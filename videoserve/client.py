@@ -5,6 +5,10 @@
     result = client.generate("A red fox running through snow", num_frames=17)
     open("fox.mp4", "wb").write(client.download(result))
 
+    job = client.submit("A paper boat on a river", num_frames=33)       # returns at once
+    job = client.wait(job["id"], on_progress=lambda j: print(j["progress"], "%"))
+    open("boat.mp4", "wb").write(client.content(job["id"]))
+
 It needs only ``requests`` (no torch, ray or fastvideo).
 """
 
@@ -121,3 +125,56 @@ class VideoClient:
         url = result if isinstance(result, str) else result["video_url"]
         # video_url is absolute from the server root (it includes any route prefix).
         return self._request("GET", urljoin(self.base_url + "/", url), timeout=300).content
+
+    # --- jobs (asynchronous): /v1/videos ---
+
+    def submit(self, prompt: str, image: bytes | str | Path | None = None,
+               idempotency_key: str | None = None, **params: Any) -> dict[str, Any]:
+        """Queue a video; returns the job (``id``, ``status``, ``progress`` ...) at once."""
+        body: dict[str, Any] = {"prompt": prompt, **{k: v for k, v in params.items()
+                                                     if v is not None}}
+        if image is not None:
+            body["image"] = encode_image(image)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._request("POST", "/v1/videos", json=body, headers=headers,
+                             timeout=120).json()
+
+    def submit_batch(self, requests_: list[dict[str, Any]]) -> list[str]:
+        """Queue several videos (bodies as for ``submit``); their ids, in order."""
+        return self._request("POST", "/v1/videos/batch", json={"requests": requests_},
+                             timeout=120).json()["ids"]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/videos/{job_id}", timeout=30).json()
+
+    def wait(self, job_id: str, on_progress: Callable[[dict[str, Any]], None] | None = None,
+             poll_s: float = 0.5, timeout: float | None = None) -> dict[str, Any]:
+        """Poll until the job is completed, failed or cancelled; return its final state."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            job = self.job(job_id)
+            if on_progress:
+                on_progress(job)
+            if job["status"] in ("completed", "failed", "cancelled"):
+                return job
+            if time.monotonic() > deadline:
+                raise BackendError(0, f"job {job_id} still {job['status']} after the timeout")
+            time.sleep(poll_s)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued or running job (a finished one is left as it is); its new state."""
+        return self._request("POST", f"/v1/videos/{job_id}/cancel", timeout=60).json()
+
+    def delete(self, job_id: str) -> None:
+        """Delete a finished job and its files."""
+        self._request("DELETE", f"/v1/videos/{job_id}", timeout=60)
+
+    def list(self, limit: int = 20, after: str | None = None,
+             order: str = "desc") -> dict[str, Any]:
+        """One page of history: ``data``, ``has_more``, ``last_id`` (pass it as ``after``)."""
+        params = {"limit": limit, "order": order, **({"after": after} if after else {})}
+        return self._request("GET", "/v1/videos", params=params, timeout=30).json()
+
+    def content(self, job_id: str) -> bytes:
+        """The MP4 of a completed job."""
+        return self._request("GET", f"/v1/videos/{job_id}/content", timeout=300).content

@@ -1,7 +1,7 @@
 """The Gradio web UI. It talks to the backend only over HTTP (``videoserve.client``).
 
-Handlers first, then the layout, then the wiring (with ``api_name`` so ``gradio_client`` can
-drive both tabs).
+Layout, then wiring (handlers live in ``videoserve.ui_handlers``; ``api_name`` lets
+``gradio_client`` drive both tabs).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image, ImageDraw
 
-from videoserve.client import BackendError, VideoClient
+from videoserve.ui_handlers import FALLBACK, HISTORY_COLUMNS, Handlers
 
 T2V_EXAMPLES = [
     "A red fox running through fresh snow in a quiet pine forest, soft morning light.",
@@ -24,15 +24,6 @@ I2V_EXAMPLES = [
     ("The sun slowly sets and the waves roll onto the beach.", "beach"),
     ("Clouds drift over the mountains as the light changes.", "mountains"),
 ]
-# Used until the backend answers /v1/models (then its defaults and limits replace these).
-FALLBACK = {
-    "defaults": {"height": 480, "width": 832, "num_frames": 81, "num_inference_steps": 40,
-                 "guidance_scale": 5.0, "fps": 16, "negative_prompt": ""},
-    "limits": {"max_height": 832, "max_width": 832, "max_frames": 81, "max_steps": 50,
-               "max_guidance_scale": 20.0},
-}
-
-
 def example_image(kind: str, folder: Path) -> str:
     """Draw a simple example picture (nothing is downloaded) and return its path."""
     path = folder / f"example_{kind}.png"
@@ -64,79 +55,24 @@ class UiConfig:
     i2v_model: str | None = None
 
 
-def _describe(result: dict[str, Any]) -> str:
-    noise = " — random-weight model: the video is noise" if result.get("synthetic") else ""
-    return (f"**{result['model_type'].upper()}** · `{result['model']}` via {result['engine']}"
-            f"{noise}\n\nseed **{result['seed']}** · {result['num_frames']} frames · "
-            f"{result['width']}×{result['height']} @ {result['fps']} fps · "
-            f"{result['num_inference_steps']} steps · guidance {result['guidance_scale']}\n\n"
-            f"inference {result['inference_time']:.2f} s · encoding "
-            f"{result['encoding_time']:.2f} s · total {result['total_time']:.2f} s")
+def _params(negative: str, seed: float | None, randomize: bool, guidance: float, frames: float,
+            height: float, width: float, steps: float) -> dict[str, Any]:
+    return dict(negative_prompt=negative or None, seed=None if seed is None else int(seed),
+                randomize_seed=bool(randomize), guidance_scale=float(guidance),
+                num_frames=int(frames), height=int(height), width=int(width),
+                num_inference_steps=int(steps))
 
 
-class Handlers:
-    """Event handlers; each one is a plain function of the inputs shown in the UI."""
-
-    def __init__(self, config: UiConfig):
-        self.config = config
-        self.client = VideoClient(config.backend_url)
-
-    def status(self) -> str:
-        try:
-            ready, models = self.client.ready()
-        except BackendError as exc:
-            return f"🔴 Backend down: {exc.message}"
-        states = ", ".join(f"{task}: {m.get('state', '?')}" for task, m in models.items())
-        return f"🟢 Backend ready ({states})" if ready else f"🟡 Backend loading ({states})"
-
-    def _generate(self, model_type: str, prompt: str, image: str | None, negative: str,
-                  seed: float | None, randomize: bool, guidance: float, frames: float,
-                  height: float, width: float, steps: float) -> tuple[str, str, int]:
-        if not prompt or not prompt.strip():
-            raise gr.Error("Enter a prompt.")
-        if model_type == "i2v" and not image:
-            raise gr.Error("Upload an image first.")
-        params = dict(model_type=model_type, negative_prompt=negative or None,
-                      seed=None if seed is None else int(seed), randomize_seed=bool(randomize),
-                      guidance_scale=float(guidance), num_frames=int(frames),
-                      height=int(height), width=int(width), num_inference_steps=int(steps))
-        try:
-            result = self.client.generate(prompt, image=image, **params)
-            video = self.client.download(result)
-        except BackendError as exc:
-            raise gr.Error(f"Backend error: {exc.message}") from None
-        with tempfile.NamedTemporaryFile(suffix=".mp4", prefix="videoserve-ui-",
-                                         delete=False) as handle:
-            handle.write(video)
-        return handle.name, _describe(result), int(result["seed"])
-
-    def t2v(self, prompt: str, negative: str, seed: float | None, randomize: bool,
-            guidance: float, frames: float, height: float, width: float,
-            steps: float) -> tuple[str, str, int]:
-        return self._generate("t2v", prompt, None, negative, seed, randomize, guidance, frames,
-                              height, width, steps)
-
-    def i2v(self, prompt: str, image: str | None, negative: str, seed: float | None,
-            randomize: bool, guidance: float, frames: float, height: float, width: float,
-            steps: float) -> tuple[str, str, int]:
-        return self._generate("i2v", prompt, image, negative, seed, randomize, guidance, frames,
-                              height, width, steps)
-
-    def model_settings(self, task: str) -> list[Any]:
-        """Slider updates from the backend's defaults and limits for ``task``."""
-        try:
-            model = self.client.models().get(task, FALLBACK)
-        except BackendError:
-            model = FALLBACK
-        d, lim = model["defaults"], model["limits"]
-        return [
-            gr.update(value=d.get("negative_prompt", "")),
-            gr.update(value=d["guidance_scale"], maximum=lim["max_guidance_scale"]),
-            gr.update(value=d["num_frames"], maximum=lim["max_frames"]),
-            gr.update(value=d["height"], maximum=lim["max_height"]),
-            gr.update(value=d["width"], maximum=lim["max_width"]),
-            gr.update(value=d["num_inference_steps"], maximum=lim["max_steps"]),
-        ]
+def _reuse(jobs: list[dict[str, Any]], index: int | None) -> list[Any]:
+    """Fill the form of the selected job's tab with its settings and switch to that tab."""
+    if index is None or index >= len(jobs):
+        raise gr.Error("Select a video in the history first.")
+    job = jobs[index]
+    values = [job["prompt"], job["negative_prompt"], job["seed"], False, job["guidance_scale"],
+              job["num_frames"], job["height"], job["width"], job["num_inference_steps"]]
+    keep = [gr.update()] * len(values)
+    t2v, i2v = (values, keep) if job["model_type"] == "t2v" else (keep, values)
+    return [gr.Tabs(selected=job["model_type"]), *t2v, *i2v]
 
 
 def _advanced(prefix: str) -> list[gr.components.Component]:
@@ -169,44 +105,106 @@ def _outputs(prefix: str) -> tuple[gr.Video, gr.Markdown]:
     return video, info
 
 
+def _task_tab(task: str, title: str, model: str | None, handlers: Handlers,
+              assets: Path) -> dict[str, Any]:
+    with gr.Tab(title, id=task):
+        if model:
+            gr.Markdown(f"Model: `{model}`")
+        image = (gr.Image(label="Input image", type="filepath", elem_id="i2v-image")
+                 if task == "i2v" else None)
+        prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{task}-prompt")
+        with gr.Row():
+            run = gr.Button("Run", variant="primary", elem_id=f"{task}-run")
+            cancel = gr.Button("Cancel", variant="stop", elem_id=f"{task}-cancel")
+        params = _advanced(task)
+        video, info = _outputs(task)
+        if task == "t2v":
+            gr.Examples(T2V_EXAMPLES, inputs=[prompt], label="Example prompts")
+        else:
+            gr.Examples([[p, example_image(k, assets)] for p, k in I2V_EXAMPLES],
+                        inputs=[prompt, image], label="Examples")
+    return {"prompt": prompt, "image": image, "run": run, "cancel": cancel, "params": params,
+            "video": video, "info": info}
+
+
+def _history_tab(handlers: Handlers) -> dict[str, Any]:
+    with gr.Tab("History", id="history") as tab:
+        with gr.Row():
+            refresh = gr.Button("Refresh", elem_id="history-refresh")
+            reuse = gr.Button("Reuse these settings", elem_id="history-reuse")
+        table = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, wrap=True,
+                             elem_id="history-table")
+        video = gr.Video(label="Selected video", elem_id="history-video")
+        info = gr.Markdown(elem_id="history-info")
+    return {"tab": tab, "refresh": refresh, "reuse": reuse, "table": table, "video": video,
+            "info": info}
+
+
 def build_ui(config: UiConfig, assets: Path | None = None) -> gr.Blocks:
-    """The whole app: status line, a Text-to-Video tab and an Image-to-Video tab."""
-    handlers = Handlers(config)
+    """The app: a status line, Text-to-Video, Image-to-Video and History tabs."""
+    handlers = Handlers(config.backend_url)
     assets = assets or Path(tempfile.gettempdir()) / "videoserve-ui"
     assets.mkdir(parents=True, exist_ok=True)
-    with gr.Blocks(title="videoserve — FastVideo T2V / I2V") as demo:
+    with gr.Blocks(title="videoserve — FastVideo T2V / I2V", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"# FastVideo video generation\nBackend: `{config.backend_url}`")
         status = gr.Markdown("Checking the backend…", elem_id="backend-status")
-        with gr.Tab("Text-to-Video", id="t2v"):
-            if config.t2v_model:
-                gr.Markdown(f"Model: `{config.t2v_model}`")
-            t2v_prompt = gr.Textbox(label="Prompt", lines=3, elem_id="t2v-prompt")
-            t2v_run = gr.Button("Run", variant="primary", elem_id="t2v-run")
-            t2v_params = _advanced("t2v")
-            t2v_video, t2v_info = _outputs("t2v")
-            gr.Examples(T2V_EXAMPLES, inputs=[t2v_prompt], label="Example prompts")
-        with gr.Tab("Image-to-Video", id="i2v"):
-            if config.i2v_model:
-                gr.Markdown(f"Model: `{config.i2v_model}`")
-            i2v_image = gr.Image(label="Input image", type="filepath", elem_id="i2v-image")
-            i2v_prompt = gr.Textbox(label="Prompt", lines=3, elem_id="i2v-prompt")
-            i2v_run = gr.Button("Run", variant="primary", elem_id="i2v-run")
-            i2v_params = _advanced("i2v")
-            i2v_video, i2v_info = _outputs("i2v")
-            gr.Examples([[p, example_image(k, assets)] for p, k in I2V_EXAMPLES],
-                        inputs=[i2v_prompt, i2v_image], label="Examples")
+        with gr.Tabs() as tabs:
+            t2v = _task_tab("t2v", "Text-to-Video", config.t2v_model, handlers, assets)
+            i2v = _task_tab("i2v", "Image-to-Video", config.i2v_model, handlers, assets)
+            history = _history_tab(handlers)
         seed_out = gr.Number(visible=False)
-
-        demo.load(handlers.status, outputs=status, api_name=False)
-        demo.load(lambda: handlers.model_settings("t2v"),
-                  outputs=[t2v_params[0], *t2v_params[3:]], api_name=False)
-        demo.load(lambda: handlers.model_settings("i2v"),
-                  outputs=[i2v_params[0], *i2v_params[3:]], api_name=False)
-        t2v_run.click(handlers.t2v, inputs=[t2v_prompt, *t2v_params],
-                      outputs=[t2v_video, t2v_info, seed_out], api_name="generate_t2v")
-        i2v_run.click(handlers.i2v, inputs=[i2v_prompt, i2v_image, *i2v_params],
-                      outputs=[i2v_video, i2v_info, seed_out], api_name="generate_i2v")
+        jobs, selected = gr.State([]), gr.State(None)
+        _wire(demo, handlers, status, tabs, t2v, i2v, history, seed_out, jobs, selected)
     return demo
+
+
+def _wire(demo: gr.Blocks, handlers: Handlers, status: gr.Markdown, tabs: gr.Tabs,
+          t2v: dict, i2v: dict, history: dict, seed_out: gr.Number, jobs: gr.State,
+          selected: gr.State) -> None:
+    timer = gr.Timer(5)
+    timer.tick(handlers.status, outputs=status, api_name=False)
+    demo.load(handlers.status, outputs=status, api_name=False)
+    for task, tab in (("t2v", t2v), ("i2v", i2v)):
+        p = tab["params"]
+        demo.load(lambda task=task: handlers.model_settings(task),
+                  outputs=[p[0], *p[3:]], api_name=False)
+
+    def cancel_t2v(request: gr.Request) -> None:
+        handlers.cancel("t2v", request.session_hash)
+
+    def cancel_i2v(request: gr.Request) -> None:
+        handlers.cancel("i2v", request.session_hash)
+
+    t2v["cancel"].click(cancel_t2v, api_name="cancel_t2v")
+    i2v["cancel"].click(cancel_i2v, api_name="cancel_i2v")
+
+    def run_t2v(prompt, negative, seed, randomize, guidance, frames, height, width, steps,
+                request: gr.Request, progress=gr.Progress()):  # noqa: B008
+        params = _params(negative, seed, randomize, guidance, frames, height, width, steps)
+        return handlers.run("t2v", prompt, None, params, request.session_hash, progress)
+
+    def run_i2v(prompt, image, negative, seed, randomize, guidance, frames, height, width,
+                steps, request: gr.Request, progress=gr.Progress()):  # noqa: B008  # noqa: B008
+        params = _params(negative, seed, randomize, guidance, frames, height, width, steps)
+        return handlers.run("i2v", prompt, image, params, request.session_hash, progress)
+
+    t2v["run"].click(run_t2v, inputs=[t2v["prompt"], *t2v["params"]],
+                     outputs=[t2v["video"], t2v["info"], seed_out], api_name="generate_t2v")
+    i2v["run"].click(run_i2v, inputs=[i2v["prompt"], i2v["image"], *i2v["params"]],
+                     outputs=[i2v["video"], i2v["info"], seed_out], api_name="generate_i2v")
+
+    def select(all_jobs: list, evt: gr.SelectData):
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        return (row, *handlers.show(all_jobs, row))
+
+    for trigger in (history["refresh"].click, history["tab"].select):
+        trigger(handlers.history, outputs=[history["table"], jobs], api_name=False)
+    history["table"].select(select, inputs=jobs,
+                            outputs=[selected, history["video"], history["info"]],
+                            api_name=False)
+    form = lambda tab: [tab["prompt"], tab["params"][0], *tab["params"][1:]]  # noqa: E731
+    history["reuse"].click(_reuse, inputs=[jobs, selected],
+                           outputs=[tabs, *form(t2v), *form(i2v)], api_name=False)
 
 
 def main(argv: list[str] | None = None) -> int:

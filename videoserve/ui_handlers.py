@@ -1,0 +1,145 @@
+"""Event handlers of the Gradio UI: plain functions of what the page shows, over HTTP only."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from videoserve.client import BackendError, VideoClient
+
+# Used until the backend answers /v1/models (then its defaults and limits replace these).
+FALLBACK = {
+    "defaults": {"height": 480, "width": 832, "num_frames": 81, "num_inference_steps": 40,
+                 "guidance_scale": 5.0, "fps": 16, "negative_prompt": ""},
+    "limits": {"max_height": 832, "max_width": 832, "max_frames": 81, "max_steps": 50,
+               "max_guidance_scale": 20.0},
+}
+HISTORY_COLUMNS = ["id", "created", "type", "status", "prompt", "seed", "size", "frames",
+                   "steps"]
+KEEP_DOWNLOADS_S = 3600
+
+
+def describe(job: dict[str, Any]) -> str:
+    """The seed, parameters and timings of a finished job, for the page."""
+    noise = " — random-weight model: the video is noise" if job.get("synthetic") else ""
+    result = job.get("result") or {}
+    cached = " · served from cache" if job.get("cached") else ""
+    return (f"**{job['model_type'].upper()}** · `{job['model']}` via {job['engine']}{noise}\n\n"
+            f"seed **{job['seed']}** · {job['num_frames']} frames · "
+            f"{job['width']}×{job['height']} @ {job['fps']} fps · "
+            f"{job['num_inference_steps']} steps · guidance {job['guidance_scale']}\n\n"
+            f"inference {result.get('inference_time', 0):.2f} s · encoding "
+            f"{result.get('encoding_time', 0):.2f} s · total {result.get('total_time', 0):.2f} s"
+            f"{cached}")
+
+
+def progress_text(job: dict[str, Any]) -> str:
+    detail = job["progress_detail"]
+    if job["status"] == "queued":
+        return f"Queued (position {(detail['queue_position'] or 0) + 1})"
+    estimate = " (estimated)" if detail.get("estimated") else ""
+    if detail["stage"] == "encoding":
+        return "Encoding the video"
+    return f"Denoising step {detail['step']}/{detail['total_steps']}{estimate}"
+
+
+class Handlers:
+    """Everything the UI's buttons do."""
+
+    def __init__(self, backend_url: str, downloads: Path | None = None):
+        self.client = VideoClient(backend_url)
+        self.downloads = downloads or Path(tempfile.mkdtemp(prefix="videoserve-ui-"))
+        self.downloads.mkdir(parents=True, exist_ok=True)
+        # The job each browser session is running, per task (for the Cancel buttons).
+        self._running: dict[str, dict[str, str]] = defaultdict(dict)
+
+    def status(self) -> str:
+        try:
+            ready, models = self.client.ready()
+        except BackendError as exc:
+            return f"**Backend down:** {exc.message}"
+        states = ", ".join(f"{task}: {m.get('state', '?')}" for task, m in models.items())
+        return f"Backend ready ({states})" if ready else f"**Backend loading** ({states})"
+
+    def model_settings(self, task: str) -> list[Any]:
+        """Updates for [negative, guidance, frames, height, width, steps] from the backend."""
+        try:
+            model = self.client.models().get(task, FALLBACK)
+        except BackendError:
+            model = FALLBACK
+        d, lim = model["defaults"], model["limits"]
+        return [
+            gr.update(value=d.get("negative_prompt", "")),
+            gr.update(value=d["guidance_scale"], maximum=lim["max_guidance_scale"]),
+            gr.update(value=d["num_frames"], maximum=lim["max_frames"]),
+            gr.update(value=d["height"], maximum=lim["max_height"]),
+            gr.update(value=d["width"], maximum=lim["max_width"]),
+            gr.update(value=d["num_inference_steps"], maximum=lim["max_steps"]),
+        ]
+
+    def _save(self, job_id: str) -> str:
+        cutoff = time.time() - KEEP_DOWNLOADS_S
+        for old in self.downloads.glob("*.mp4"):
+            if old.stat().st_mtime < cutoff:
+                old.unlink(missing_ok=True)
+        path = self.downloads / f"{job_id}.mp4"
+        path.write_bytes(self.client.content(job_id))
+        return str(path)
+
+    def run(self, task: str, prompt: str, image: str | None, params: dict[str, Any],
+            session: str, progress: gr.Progress) -> tuple[str | None, str, int | None]:
+        if not prompt or not prompt.strip():
+            raise gr.Error("Enter a prompt.")
+        if task == "i2v" and not image:
+            raise gr.Error("Upload an image first.")
+        try:
+            job = self.client.submit(prompt, image=image, model_type=task, **params)
+            self._running[session][task] = job["id"]
+            progress(0, desc="Queued")
+            job = self.client.wait(job["id"], poll_s=0.2, on_progress=lambda j: progress(
+                j["progress"] / 100, desc=progress_text(j)))
+            if job["status"] == "cancelled":
+                at = (job.get("cancellation") or {}).get("stopped_at_step")
+                where = f" at step {at}" if at is not None else " before it started"
+                return None, f"Cancelled{where}.", job["seed"]
+            if job["status"] == "failed":
+                raise gr.Error(f"Generation failed: {job['error']['message']}")
+            return self._save(job["id"]), describe(job), job["seed"]
+        except BackendError as exc:
+            raise gr.Error(f"Backend error: {exc.message}") from None
+        finally:
+            self._running[session].pop(task, None)
+
+    def cancel(self, task: str, session: str) -> None:
+        job_id = self._running.get(session, {}).get(task)
+        if job_id is None:
+            gr.Info("Nothing is running.")
+            return
+        try:
+            self.client.cancel(job_id)
+        except BackendError as exc:
+            raise gr.Error(f"Backend error: {exc.message}") from None
+
+    def history(self) -> tuple[list[list[Any]], list[dict[str, Any]]]:
+        try:
+            jobs = self.client.list(limit=50)["data"]
+        except BackendError as exc:
+            raise gr.Error(f"Backend error: {exc.message}") from None
+        rows = [[j["id"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["created_at"])),
+                 j["model_type"], j["status"], j["prompt"], j["seed"], j["size"],
+                 j["num_frames"], j["num_inference_steps"]] for j in jobs]
+        return rows, jobs
+
+    def show(self, jobs: list[dict[str, Any]], index: int) -> tuple[str | None, str]:
+        job = jobs[index]
+        if job["status"] != "completed":
+            return None, f"`{job['id']}` is {job['status']}."
+        try:
+            return self._save(job["id"]), describe(job)
+        except BackendError as exc:
+            return None, f"`{job['id']}`: {exc.message}"
