@@ -198,8 +198,8 @@ class VideoService:
                   fingerprint=prepared.fingerprint, idempotency_key=idempotency_key,
                   estimated_progress=spec.engine == "fastvideo")
         self.jobs.add(job)
-        item = WorkItem(job_id=job.id, prompt=prepared.prompt, image_png=prepared.image_png,
-                        **prepared.params)
+        item = WorkItem(job_id=job.id, params={"prompt": prepared.prompt, **prepared.params},
+                        image_png=prepared.image_png)
         self._runners[job.id] = asyncio.create_task(self._run(job, item))
         return job, False
 

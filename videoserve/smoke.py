@@ -113,10 +113,22 @@ class Checks:
         return "fields and types, H.264 yuv420p faststart MP4s, Range requests"
 
     def cleanup(self) -> str:
+        """Delete the test's videos on the backend and its local files; check both are gone."""
+        for result in self.videos:
+            self.client.delete(result["id"])
+            try:
+                self.client.job(result["id"])
+                raise CheckFailed(f"video {result['id']} still exists after DELETE")
+            except BackendError as exc:
+                expect(exc.status == 404, f"GET after DELETE gave {exc.status}")
+            gone = requests.get(urljoin(self.client.base_url + "/", result["video_url"]),
+                                timeout=30)
+            expect(gone.status_code == 404, f"{result['video_url']} is still served")
         files = [p.name for p in self.workdir.iterdir()]
         shutil.rmtree(self.workdir)
         expect(not self.workdir.exists(), f"{self.workdir} still exists")
-        return f"removed {len(files)} local files ({', '.join(sorted(files))})"
+        return (f"deleted {len(self.videos)} videos on the backend; removed {len(files)} local "
+                f"files ({', '.join(sorted(files))})")
 
 
 def run_checks(backend_url: str) -> bool:

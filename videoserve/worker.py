@@ -41,21 +41,17 @@ class WorkItem:
     """One generation as sent from the ingress to a generator replica."""
 
     job_id: str
-    prompt: str
-    negative_prompt: str
-    seed: int
-    guidance_scale: float
-    num_frames: int
-    height: int
-    width: int
-    num_inference_steps: int
-    fps: int
+    # Every GenerationParams field but the image, which travels as PNG bytes.
+    params: dict[str, Any]
     image_png: bytes | None = None
+
+    @property
+    def fps(self) -> int:
+        return self.params["fps"]
 
     def to_params(self) -> GenerationParams:
         image = png_to_image(self.image_png) if self.image_png else None
-        fields = {k: v for k, v in self.__dict__.items() if k not in ("job_id", "image_png")}
-        return GenerationParams(**fields, image=image)
+        return GenerationParams(**self.params, image=image)
 
 
 class GeneratorWorker:

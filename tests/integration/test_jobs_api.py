@@ -209,3 +209,26 @@ def test_jobs_and_videos_survive_a_restart(serve_cluster, tmp_path):
         assert again.status_code == 200 and again.content == video
     finally:
         serve.delete("restart")
+
+
+def test_python_client_submit_wait_cancel_list_content(jobs_backend):
+    from videoserve.client import BackendError, VideoClient
+
+    url, _ = jobs_backend
+    client = VideoClient(url)
+    seen: list[int] = []
+    job = client.submit("client test", num_frames=9, height=64, width=96,
+                        num_inference_steps=20)
+    final = client.wait(job["id"], on_progress=lambda j: seen.append(j["progress"]), poll_s=0.05)
+    assert final["status"] == "completed" and seen[-1] == 100 and seen == sorted(seen)
+    info = probe_mp4(client.content(job["id"]))
+    assert (info.frames, info.width, info.height) == (9, 96, 64)
+    assert job["id"] in [j["id"] for j in client.list(limit=5)["data"]]
+    long_job = client.submit("client cancel", **LONG)
+    poll_until(url, long_job["id"], lambda s: s["progress_detail"]["step"] >= 2)
+    assert client.cancel(long_job["id"])["status"] == "cancelled"
+    assert client.cancel(job["id"])["status"] == "completed"  # finished jobs are left alone
+    client.delete(job["id"])
+    with pytest.raises(BackendError) as info_:
+        client.job(job["id"])
+    assert info_.value.status == 404
