@@ -27,6 +27,14 @@ if [[ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]]; then
   if command -v nvidia-smi >/dev/null 2>&1; then
     # Video sparse attention kernels; importing them needs a GPU driver, so GPU machines only.
     "${pip[@]}" --no-deps fastvideo-kernel==0.2.6 || echo "fastvideo-kernel not installed (VSA off)"
+    # Its wheel bundles a libcuda for driver 570; on newer drivers its SM90 kernel fails to
+    # create TMA descriptors. Point the bundled name at the machine's own libcuda.
+    sys_libcuda=$(ldconfig -p | awk '/libcuda\.so\.1 /{print $NF; exit}')
+    if [[ -n "$sys_libcuda" ]]; then
+      for bundled in "$VENV"/lib/python3*/site-packages/fastvideo_kernel.libs/libcuda-*.so*; do
+        [[ -e "$bundled" ]] && ln -sf "$sys_libcuda" "$bundled"
+      done
+    fi
   fi
   if [[ $DEV == 1 ]]; then
     "${pip[@]}" -r requirements-dev.txt

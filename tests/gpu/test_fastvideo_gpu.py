@@ -50,3 +50,20 @@ def test_fastvideo_on_gpu_t2v_and_i2v(gpu_backend):
         assert (info.frames, info.width, info.height) == (
             body["num_frames"], body["width"], body["height"])
         assert info.codec == "h264" and info.pix_fmt == "yuv420p" and info.faststart
+
+
+def test_fastvideo_jobs_report_estimated_progress_on_gpu(gpu_backend):
+    from videoserve.client import VideoClient
+
+    client = VideoClient(gpu_backend)
+    body = {"num_frames": 33, "height": 256, "width": 256, "num_inference_steps": 8}
+    client.wait(client.submit("warm-up for the speed estimate", **body)["id"])
+    seen: list[dict] = []
+    job = client.submit("a lantern festival at night", **body)
+    final = client.wait(job["id"], on_progress=seen.append, poll_s=0.02)
+    assert final["status"] == "completed" and final["progress"] == 100
+    assert all(s["progress_detail"]["estimated"] for s in seen)
+    percents = [s["progress"] for s in seen]
+    assert percents == sorted(percents)
+    print(f"fastvideo job progress seen: {sorted(set(percents))}; "
+          f"inference {final['result']['inference_time']}s")
