@@ -40,6 +40,8 @@ def describe(job: dict[str, Any]) -> str:
 
 def progress_text(job: dict[str, Any]) -> str:
     detail = job["progress_detail"]
+    if job["status"] in ("completed", "failed", "cancelled"):
+        return job["status"].capitalize()
     if job["status"] == "queued":
         return f"Queued (position {(detail['queue_position'] or 0) + 1})"
     estimate = " (estimated)" if detail.get("estimated") else ""
