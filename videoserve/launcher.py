@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     children = [backend]
     try:
         backend_url = f"http://{_connect_host(args.backend_host)}:{args.backend_port}"
-        if not _wait_for_backend(backend, backend_url, args.ready_timeout, stop):
+        if not wait_for_backend(backend, backend_url, args.ready_timeout, stop):
             return 0 if stop.is_set() else 1
         ui_command = [sys.executable, str(ROOT / "gradio_frontend.py"), "--backend_url",
                       backend_url, "--host", args.frontend_host,
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         frontend = Managed("frontend", ui_command)
         children.append(frontend)
         frontend_url = f"http://{_connect_host(args.frontend_host)}:{args.frontend_port}"
-        if not _wait_for_frontend(frontend, frontend_url, stop):
+        if not wait_for_frontend(frontend, frontend_url, stop):
             return 0 if stop.is_set() else 1
         print(f"Backend:  {backend_url}  (API docs: {backend_url}/docs)")
         print(f"Frontend: {frontend_url}")
@@ -135,7 +135,7 @@ def _connect_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
-def _wait_for_frontend(frontend: Managed, url: str, stop: threading.Event,
+def wait_for_frontend(frontend: Managed, url: str, stop: threading.Event,
                        timeout: float = 300.0) -> bool:
     deadline = time.monotonic() + timeout
     while not stop.is_set() and time.monotonic() < deadline:
@@ -151,7 +151,7 @@ def _wait_for_frontend(frontend: Managed, url: str, stop: threading.Event,
     return False
 
 
-def _wait_for_backend(backend: Managed, url: str, timeout: float,
+def wait_for_backend(backend: Managed, url: str, timeout: float,
                       stop: threading.Event) -> bool:
     client = VideoClient(url)
     deadline = time.monotonic() + timeout

@@ -153,7 +153,7 @@ def _free_port() -> int:
 
 def run_with_own_backend() -> bool:
     """Start a tiny backend in a temporary output folder, check it, stop it, remove the folder."""
-    from videoserve.launcher import ROOT, Managed, _wait_for_backend
+    from videoserve.launcher import ROOT, Managed, wait_for_backend
 
     output = Path(tempfile.mkdtemp(prefix="videoserve-check-out-"))
     port = _free_port()
@@ -162,7 +162,7 @@ def run_with_own_backend() -> bool:
                                   "--output_path", str(output)])
     try:
         url = f"http://127.0.0.1:{port}"
-        if not _wait_for_backend(backend, url, 600, threading.Event()):
+        if not wait_for_backend(backend, url, 600, threading.Event()):
             print("FAIL health: the tiny backend did not start", flush=True)
             return False
         return run_checks(url)

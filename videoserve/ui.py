@@ -105,8 +105,7 @@ def _outputs(prefix: str) -> tuple[gr.Video, gr.Markdown]:
     return video, info
 
 
-def _task_tab(task: str, title: str, model: str | None, handlers: Handlers,
-              assets: Path) -> dict[str, Any]:
+def _task_tab(task: str, title: str, model: str | None, assets: Path) -> dict[str, Any]:
     with gr.Tab(title, id=task):
         if model:
             gr.Markdown(f"Model: `{model}`")
@@ -127,7 +126,7 @@ def _task_tab(task: str, title: str, model: str | None, handlers: Handlers,
             "video": video, "info": info}
 
 
-def _history_tab(handlers: Handlers) -> dict[str, Any]:
+def _history_tab() -> dict[str, Any]:
     with gr.Tab("History", id="history") as tab:
         with gr.Row():
             refresh = gr.Button("Refresh", elem_id="history-refresh")
@@ -149,9 +148,9 @@ def build_ui(config: UiConfig, assets: Path | None = None) -> gr.Blocks:
         gr.Markdown(f"# FastVideo video generation\nBackend: `{config.backend_url}`")
         status = gr.Markdown("Checking the backend…", elem_id="backend-status")
         with gr.Tabs() as tabs:
-            t2v = _task_tab("t2v", "Text-to-Video", config.t2v_model, handlers, assets)
-            i2v = _task_tab("i2v", "Image-to-Video", config.i2v_model, handlers, assets)
-            history = _history_tab(handlers)
+            t2v = _task_tab("t2v", "Text-to-Video", config.t2v_model, assets)
+            i2v = _task_tab("i2v", "Image-to-Video", config.i2v_model, assets)
+            history = _history_tab()
         seed_out = gr.Number(visible=False)
         jobs, selected = gr.State([]), gr.State(None)
         _wire(demo, handlers, status, tabs, t2v, i2v, history, seed_out, jobs, selected)
