@@ -236,7 +236,6 @@ class Settings:
     input_path: Path | None = None
     max_body_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
-    max_prompt_chars: int = 2000
     request_timeout_s: float = 3600.0
 
     @property

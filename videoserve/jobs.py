@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 JobStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
 FINAL_STATES = ("completed", "failed", "cancelled")
-ACTIVE_STATES = ("queued", "in_progress")
 
 
 def new_job_id() -> str:

@@ -134,7 +134,6 @@ class GeneratorWorker:
                 "width": int(width),
                 "inference_time": output.inference_time,
                 "encoding_time": time.perf_counter() - start,
-                "exact_progress": output.exact_progress,
             })
         except GenerationCancelled:
             emit({"type": "cancelled", "stopped_at_step": reached["step"],

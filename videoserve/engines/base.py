@@ -43,8 +43,6 @@ class GenerationParams:
 class GenerationOutput:
     frames: np.ndarray  # (T, H, W, 3) uint8
     inference_time: float
-    # Whether progress reports were per real denoising step (False: estimated or stage-level).
-    exact_progress: bool = True
 
 
 class Engine(Protocol):

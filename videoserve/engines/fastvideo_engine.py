@@ -5,7 +5,7 @@ The generator lives in a child process (``fastvideo_host``) so that fastvideo's 
 the request gets an error and the next request reloads the model in a fresh child.
 
 Progress: fastvideo exposes no per-step callback, so progress is an estimate from the measured
-seconds per step of earlier generations (``exact_progress`` is False on the output).
+seconds per step of earlier generations (jobs show it as ``"estimated": true``).
 Cancel: a cancelled job that has not reached the generator never runs; one already running
 finishes on the GPU and its result is discarded (stopping mid-way would need a model reload).
 """
@@ -169,7 +169,7 @@ class FastVideoEngine:
             progress(params.num_inference_steps, params.num_inference_steps)
             if should_cancel():
                 raise GenerationCancelled()
-            return GenerationOutput(frames=frames, inference_time=elapsed, exact_progress=False)
+            return GenerationOutput(frames=frames, inference_time=elapsed)
 
     def _units(self, params: GenerationParams) -> float:
         return params.num_inference_steps * params.num_frames * params.height * params.width
