@@ -37,7 +37,9 @@ class BackendError(Exception):
 
 
 def encode_image(image: bytes | str | Path) -> str:
-    """A data URL for image bytes or an image file."""
+    """A data URL for image bytes or an image file (a data URL is passed on as it is)."""
+    if isinstance(image, str) and image.startswith("data:"):
+        return image
     data = image if isinstance(image, bytes) else Path(image).read_bytes()
     return "data:image/png;base64," + base64.b64encode(data).decode()
 
@@ -148,14 +150,16 @@ class VideoClient:
         return self._request("GET", f"/v1/videos/{job_id}", timeout=30).json()
 
     def wait(self, job_id: str, on_progress: Callable[[dict[str, Any]], None] | None = None,
-             poll_s: float = 0.5, timeout: float | None = None) -> dict[str, Any]:
-        """Poll until the job is completed, failed or cancelled; return its final state."""
+             poll_s: float = 0.5, timeout: float | None = None,
+             until: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+        """Poll until the job is completed, failed or cancelled (or ``until(job)`` is true);
+        return the state seen last."""
         deadline = time.monotonic() + (timeout or self.timeout)
         while True:
             job = self.job(job_id)
             if on_progress:
                 on_progress(job)
-            if job["status"] in ("completed", "failed", "cancelled"):
+            if job["status"] in ("completed", "failed", "cancelled") or (until and until(job)):
                 return job
             if time.monotonic() > deadline:
                 raise BackendError(0, f"job {job_id} still {job['status']} after the timeout")

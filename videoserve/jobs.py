@@ -53,7 +53,11 @@ class Job:
     error: str | None = None
     fingerprint: str | None = None
     idempotency_key: str | None = None
+    # Kept for records written before every engine reported real steps; always False now.
     estimated_progress: bool = False
+    # What a running job is doing: encoding_prompt, encoding_image, denoising, decoding,
+    # encoding_video (as reported by the engine).
+    stage: str | None = None
     # For cancelled jobs: the step seen when the cancel arrived and the step the engine stopped at.
     cancellation: dict[str, Any] | None = None
 

@@ -195,8 +195,7 @@ class VideoService:
         job = Job(id=new_job_id(), task=task, model=spec.model, engine=spec.engine,
                   synthetic=spec.synthetic, params={"prompt": prepared.prompt, **prepared.params},
                   total_steps=prepared.params["num_inference_steps"],
-                  fingerprint=prepared.fingerprint, idempotency_key=idempotency_key,
-                  estimated_progress=spec.engine == "fastvideo")
+                  fingerprint=prepared.fingerprint, idempotency_key=idempotency_key)
         self.jobs.add(job)
         item = WorkItem(job_id=job.id, params={"prompt": prepared.prompt, **prepared.params},
                         image_png=prepared.image_png)
@@ -234,13 +233,14 @@ class VideoService:
             self.jobs.update(job, status="in_progress", started_at=time.time())
         elif kind == "progress":
             self.jobs.update(job, step=max(job.step, event["step"]),
-                             total_steps=event["total_steps"])
+                             total_steps=event["total_steps"], stage=event.get("stage"))
         elif kind == "result":
             result = await asyncio.to_thread(self._store_result, job, event)
             self.jobs.update(job, status="completed", result=result, step=job.total_steps,
                              finished_at=time.time())
         elif kind == "cancelled":
-            detail = {k: event.get(k) for k in ("cancel_received_at_step", "stopped_at_step")}
+            detail = {k: event.get(k) for k in ("cancel_received_at_step", "stopped_at_step",
+                                                "stopped_in_stage")}
             self.jobs.update(job, status="cancelled", finished_at=time.time(),
                              cancellation={**(job.cancellation or {}), **detail})
         elif kind == "error":

@@ -1,28 +1,36 @@
-"""Deterministic random-weight tiny Wan models in the Diffusers folder layout.
+"""Deterministic random-weight Wan models in the Diffusers folder layout.
 
 The folders load in both engines: fastvideo's ``VideoGenerator`` (T2V picks the FastWan DMD
 pipeline through ``WanDMDPipeline``, I2V picks ``WanImageToVideoPipeline``) and diffusers
 (see ``videoserve.engines.diffusers_loading.load_diffusers_pipeline``). They produce noise;
 they exist so tests and CI can exercise the real loading and generation code without weights.
+Two sizes (``videoserve.model_sizes``): ``tiny`` (a few MB, CPU, seconds) and ``full`` (the real
+FastWan2.1-T2V-1.3B / Wan2.1-I2V-14B-480P architectures, bf16, built on a GPU when there is one).
 
-Usage: ``python -m videoserve.tiny_models OUT_DIR`` builds both under OUT_DIR and prints their
-paths. ``ensure_tiny_models()`` builds them once into a cache directory (env
-``VIDEOSERVE_MODEL_CACHE``, default ``~/.cache/videoserve/models``) and reuses them afterwards.
+Usage: ``python -m videoserve.tiny_models OUT_DIR`` builds both tiny models under OUT_DIR and
+prints their paths; ``python -m videoserve.tiny_models --size full --out DIR [--tasks t2v i2v]``
+builds the full-size ones. ``ensure_tiny_models()`` / ``ensure_full_models()`` build them once
+into a cache directory (env ``VIDEOSERVE_MODEL_CACHE``, default ``~/.cache/videoserve/models``)
+and reuse them afterwards.
 
 Layout choices forced by fastvideo 0.2.0 (see shared/FASTVIDEO_FACTS.md):
 - the scheduler JSON is written by hand: fastvideo's UniPC rejects keys that current diffusers
   writes (``shift_terminal``, ``sigma_max``, ``sigma_min``);
 - the tokenizer is a Unigram ``tokenizers`` model (diffusers' T5TokenizerFast rejects WordLevel);
 - the VAE keeps ``z_dim`` 16 (fastvideo's Wan VAE config hard-codes 16 latent statistics);
-- I2V: fastvideo loads ``blocks.N.attn2.norm_added_q.weight`` strictly, which diffusers does not
-  save, so it goes into an extra safetensors file that diffusers ignores; CLIP weights are saved
-  with the ``vision_model.`` prefix of the original checkpoints (transformers 5 drops it, and
-  fastvideo needs it); CLIP has 32 layers because fastvideo builds 31 of them; image_size 32
-  with patch 2 gives 16x16 patches + CLS = the 257 image tokens Wan's cross-attention slices.
+- fastvideo loads every ``*.safetensors`` of transformer/ strictly, diffusers only the files of
+  its index (or the single file), so weights only fastvideo knows go into
+  ``transformer/fastvideo_extra.safetensors``: for I2V ``blocks.N.attn2.norm_added_q.weight``
+  (diffusers no longer has it), for the full FastWan its video-sparse-attention gates;
+- CLIP weights are saved with the ``vision_model.`` prefix of the original checkpoints
+  (transformers 5 drops it, and fastvideo needs it); CLIP has 32 layers because fastvideo builds
+  31 of them, and image_size / patch_size gives 16x16 patches + CLS = the 257 image tokens Wan's
+  cross-attention slices.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import json
@@ -31,15 +39,29 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
-BUILDER_VERSION = "videoserve-tiny-wan/1"
+from videoserve.model_sizes import (
+    FULL,
+    SHARED_COMPONENTS,
+    SIZES,
+    TINY,
+    ModelSize,
+    new_component,
+    resolve_size,
+    torch_defaults,
+    transformer_extra_shapes,
+)
+
+BUILDER_VERSION = TINY.version
 MARKER_NAME = ".complete"
 TASKS = ("t2v", "i2v")
-FOLDER_NAMES = {"t2v": "tiny-wan-t2v", "i2v": "tiny-wan-i2v"}
+FOLDER_NAMES = TINY.folder_names
 PIPELINE_CLASS_NAMES = {"t2v": "WanDMDPipeline", "i2v": "WanImageToVideoPipeline"}
 CACHE_ENV = "VIDEOSERVE_MODEL_CACHE"
+EXTRA_WEIGHTS_NAME = "fastvideo_extra.safetensors"
 
 # fastvideo 0.2.0 resolves a model's pipeline config by matching these substrings against the
 # whole lower-cased model path (fastvideo/registry.py detectors), and a match beats the
@@ -55,19 +77,14 @@ FASTVIDEO_PATH_TOKENS = tuple(
     """.split()
 )
 
-_INIT_STD = 0.02
-_DIT_INIT_STD = 0.2
-_SEEDS = {"transformer": 11, "vae": 12, "text_encoder": 13, "image_encoder": 14}
-_VOCAB_SIZE = 256
-_TEXT_DIM = 32
-_CLIP_DIM = 16
-_CLIP_IMAGE_SIZE = 32
+_SEEDS = {"transformer": 11, "vae": 12, "text_encoder": 13, "image_encoder": 14, "extra": 15}
 
 _SYNTHETIC_NOTE = """\
 SYNTHETIC MODEL - random weights, produces noise.
 
-Built by videoserve.tiny_models ({version}) for tests: a tiny Wan {task} model in the Diffusers
-folder layout that loads in fastvideo and diffusers. It was never trained.
+Built by videoserve.tiny_models ({version}):
+{description} in the Diffusers folder layout, loadable by fastvideo and diffusers.
+It was never trained.
 """
 
 _WORDS = (
@@ -79,7 +96,7 @@ _WORDS = (
 
 
 def default_cache_dir() -> Path:
-    """Return the tiny-model cache directory (env VIDEOSERVE_MODEL_CACHE or the user cache)."""
+    """Return the model cache directory (env VIDEOSERVE_MODEL_CACHE or the user cache)."""
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env).expanduser()
@@ -92,26 +109,33 @@ def fastvideo_path_conflicts(path: str | os.PathLike[str]) -> list[str]:
     return [token for token in FASTVIDEO_PATH_TOKENS if token in lowered]
 
 
-def is_complete(model_dir: str | os.PathLike[str]) -> bool:
-    """Return True if ``model_dir`` holds a finished build of the current builder version."""
-    marker = Path(model_dir) / MARKER_NAME
+def is_complete(model_dir: str | os.PathLike[str], size: ModelSize | str = TINY) -> bool:
+    """Return True if ``model_dir`` holds a finished build of ``size`` by this builder version.
+
+    A folder whose shared components link to a sibling folder that is gone is not complete.
+    """
+    root = Path(model_dir)
     try:
-        return marker.read_text(encoding="utf-8").strip() == BUILDER_VERSION
+        if (root / MARKER_NAME).read_text(encoding="utf-8").strip() != resolve_size(size).version:
+            return False
+        return all(entry.exists() for entry in root.iterdir())
     except OSError:
         return False
 
 
-def build_tiny_model(task: str, out_dir: Path) -> Path:
-    """Build the tiny ``task`` model ("t2v" or "i2v") as ``out_dir/tiny-wan-<task>``.
+def build_model(task: str, out_dir: Path, size: ModelSize | str = TINY) -> Path:
+    """Build the ``task`` model ("t2v" or "i2v") of ``size`` as ``out_dir/<folder name>``.
 
     The folder is written under a temporary name and renamed into place after its marker file,
     so a crashed build never leaves a folder that looks complete. An existing folder is
-    replaced. Returns the model folder.
+    replaced. A full-size I2V links the text encoder, tokenizer and VAE of a complete T2V
+    folder beside it instead of writing its own. Returns the model folder.
     """
-    if task not in FOLDER_NAMES:
+    size = resolve_size(size)
+    if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     out_dir = Path(out_dir).expanduser().absolute()
-    final = out_dir / FOLDER_NAMES[task]
+    final = out_dir / size.folder_names[task]
     conflicts = fastvideo_path_conflicts(final)
     if conflicts:
         raise ValueError(
@@ -120,8 +144,8 @@ def build_tiny_model(task: str, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=out_dir))
     try:
-        _write_model(task, tmp)
-        (tmp / MARKER_NAME).write_text(BUILDER_VERSION + "\n", encoding="utf-8")
+        _write_model(size, task, tmp, _shared_source(size, task, out_dir))
+        (tmp / MARKER_NAME).write_text(size.version + "\n", encoding="utf-8")
         _make_world_readable(tmp)
         old = None
         if final.exists():
@@ -136,42 +160,76 @@ def build_tiny_model(task: str, out_dir: Path) -> Path:
     return final
 
 
-def ensure_tiny_models(cache_dir: Path | None = None) -> dict[str, Path]:
-    """Build both tiny models into ``cache_dir`` unless complete builds are already there.
+def build_tiny_model(task: str, out_dir: Path) -> Path:
+    """Build the tiny ``task`` model as ``out_dir/tiny-wan-<task>`` (see ``build_model``)."""
+    return build_model(task, out_dir, TINY)
+
+
+def ensure_models(
+    size: ModelSize | str, cache_dir: Path | None = None, tasks: Iterable[str] = TASKS
+) -> dict[str, Path]:
+    """Build the ``tasks`` models of ``size`` into ``cache_dir`` unless complete builds are there.
 
     Safe to call from several processes at once: builders serialise on a lock file in the
-    cache directory. Returns ``{"t2v": path, "i2v": path}``.
+    cache directory. Returns ``{task: path}``.
     """
+    size = resolve_size(size)
+    wanted = set(tasks)
+    if not wanted <= set(TASKS):
+        raise ValueError(f"unknown tasks {sorted(wanted - set(TASKS))}; expected some of {TASKS}")
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     root = root.absolute()
-    paths = {task: root / FOLDER_NAMES[task] for task in TASKS}
-    if all(is_complete(p) for p in paths.values()):
+    # T2V first: a full-size I2V links the text encoder, tokenizer and VAE of the T2V folder.
+    paths = {task: root / size.folder_names[task] for task in TASKS if task in wanted}
+    if all(is_complete(p, size) for p in paths.values()):
         return paths
     root.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(root / ".tiny-models.lock"):
-        _remove_stale_partials(root)
+    with _exclusive_lock(root / f".{size.name}-models.lock"):
+        _remove_stale_partials(root, size)
         for task, path in paths.items():
             # Another process may have finished it while we waited for the lock.
-            if not is_complete(path):
-                build_tiny_model(task, root)
+            if not is_complete(path, size):
+                build_model(task, root, size)
     return paths
+
+
+def ensure_tiny_models(cache_dir: Path | None = None) -> dict[str, Path]:
+    """Build both tiny models into ``cache_dir`` once; returns ``{"t2v": path, "i2v": path}``."""
+    return ensure_models(TINY, cache_dir)
+
+
+def ensure_full_models(
+    cache_dir: Path | None = None, tasks: Iterable[str] = TASKS
+) -> dict[str, Path]:
+    """Build the full-size random-weight models once (tens of GB; a GPU makes it minutes)."""
+    return ensure_models(FULL, cache_dir, tasks)
+
+
+def _shared_source(size: ModelSize, task: str, out_dir: Path) -> Path | None:
+    if not size.share_components or task == "t2v":
+        return None
+    t2v = out_dir / size.folder_names["t2v"]
+    return t2v if is_complete(t2v, size) else None
 
 
 def _make_world_readable(root: Path) -> None:
     # mkdtemp makes 0700 folders and safetensors writes 0600 files; other users (a service
-    # account, a container user) must be able to read the cache.
+    # account, a container user) must be able to read the cache. Links are skipped: chmod
+    # would follow them into the folder they share.
     os.chmod(root, 0o755)
-    for path in root.rglob("*"):
-        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o755 if name in dirs else 0o644)
 
 
-def _remove_stale_partials(root: Path) -> None:
+def _remove_stale_partials(root: Path, size: ModelSize) -> None:
     # Left behind by builds that crashed; only called while holding the cache lock.
-    for name in FOLDER_NAMES.values():
-        for stale in root.glob(f".{name}.partial-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        for stale in root.glob(f".{name}.old-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+    for name in size.folder_names.values():
+        for kind in ("partial", "old"):
+            for stale in root.glob(f".{name}.{kind}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -184,20 +242,44 @@ def _exclusive_lock(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _write_model(task: str, root: Path) -> None:
+def _release_memory(size: ModelSize) -> None:
+    # Full-size components go one at a time (the 14B DiT alone is 33 GB in bf16); small builds
+    # skip it, a full gc.collect() costs about 0.5 s once the GPU libraries are imported.
+    if not size.prefer_cuda:
+        return
+    import gc
+
+    import torch
+
+    gc.collect()
+    # Only if this process already uses CUDA: initialising it here would cost GPU memory.
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def _write_model(size: ModelSize, task: str, root: Path, shared: Path | None) -> None:
     i2v = task == "i2v"
     _write_json(root / "model_index.json", _model_index(task))
-    (root / "SYNTHETIC.txt").write_text(
-        _SYNTHETIC_NOTE.format(version=BUILDER_VERSION, task=task.upper()), encoding="utf-8"
-    )
+    note = _SYNTHETIC_NOTE.format(version=size.version, description=size.descriptions[task])
+    (root / "SYNTHETIC.txt").write_text(note, encoding="utf-8")
     _write_scheduler(root / "scheduler", flow_shift=3.0 if i2v else 8.0)
-    _write_tokenizer(root / "tokenizer")
-    _write_text_encoder(root / "text_encoder")
-    _write_vae(root / "vae")
-    _write_transformer(root / "transformer", i2v=i2v)
+    writers = {
+        "tokenizer": lambda folder: _write_tokenizer(folder, size),
+        "text_encoder": lambda folder: _write_pretrained(folder, size, "text_encoder"),
+        "vae": lambda folder: _write_pretrained(folder, size, "vae"),
+        "transformer": lambda folder: _write_transformer(folder, size, task),
+    }
     if i2v:
-        _write_image_encoder(root / "image_encoder")
-        _write_image_processor(root / "image_processor")
+        writers["image_encoder"] = lambda folder: _write_image_encoder(folder, size)
+        writers["image_processor"] = lambda folder: _write_image_processor(folder, size)
+    for name, write in writers.items():
+        if shared is not None and name in SHARED_COMPONENTS:
+            # Relative, so the link survives the rename into place and moving the parent.
+            os.symlink(Path("..", shared.name, name), root / name, target_is_directory=True)
+            continue
+        with torch_defaults(size):
+            write(root / name)
+        _release_memory(size)
 
 
 def _model_index(task: str) -> dict[str, object]:
@@ -259,9 +341,10 @@ def _write_scheduler(folder: Path, flow_shift: float) -> None:
     _write_json(folder / "scheduler_config.json", config)
 
 
-def _tokenizer_vocab() -> list[tuple[str, float]]:
+def _tokenizer_vocab(vocab_size: int) -> list[tuple[str, float]]:
     # T5 layout: <pad>=0, </s>=1, <unk>=2. Every printable ASCII character is present so any
     # ASCII prompt tokenizes without <unk>; whole words get better scores so Unigram picks them.
+    # The same small vocabulary serves the full-size encoder: its ids only need to be < vocab.
     vocab: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     vocab.append(("\u2581", -2.0))
     for word in _WORDS:
@@ -274,16 +357,17 @@ def _tokenizer_vocab() -> list[tuple[str, float]]:
         if piece not in seen:
             seen.add(piece)
             unique.append((piece, score))
-    assert len(unique) <= _VOCAB_SIZE
+    assert len(unique) <= vocab_size
     return unique
 
 
-def _write_tokenizer(folder: Path) -> None:
+def _write_tokenizer(folder: Path, size: ModelSize) -> None:
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import Unigram
 
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = Tokenizer(Unigram(_tokenizer_vocab(), unk_id=2, byte_fallback=False))
+    vocab = _tokenizer_vocab(int(size.text_encoder["vocab_size"]))
+    tokenizer = Tokenizer(Unigram(vocab, unk_id=2, byte_fallback=False))
     tokenizer.normalizer = normalizers.Sequence(
         [normalizers.NFKC(), normalizers.Replace(" {2,}", " ")]
     )
@@ -313,144 +397,97 @@ def _write_tokenizer(folder: Path) -> None:
     _write_json(folder / "special_tokens_map.json", specials)
 
 
-def _init_small(module: object, seed: int, std: float = _INIT_STD) -> None:
+def _init_small(module: Any, seed: int, std: float) -> None:
+    _fill_small(sorted(module.named_parameters()), seed, std)
+
+
+def _fill_small(named: Iterable[tuple[str, Any]], seed: int, std: float) -> None:
+    # Biases 0, norm scales 1, everything else N(0, std): small enough that no stage overflows.
     import torch
 
-    generator = torch.Generator().manual_seed(seed)
+    generator = None
     with torch.no_grad():
-        for name, param in sorted(module.named_parameters()):  # type: ignore[attr-defined]
+        for name, tensor in named:
             lowered = name.lower()
             if lowered.endswith("bias"):
-                param.zero_()
+                tensor.zero_()
             elif "norm" in lowered or lowered.endswith("gamma"):
-                param.fill_(1.0)
+                tensor.fill_(1.0)
             else:
-                param.copy_(torch.randn(param.shape, generator=generator) * std)
+                if generator is None:
+                    generator = torch.Generator(device=tensor.device).manual_seed(seed)
+                noise = torch.randn(
+                    tensor.shape, generator=generator, device=tensor.device, dtype=tensor.dtype
+                )
+                tensor.copy_(noise.mul_(std))
 
 
-def _save_safetensors(tensors: dict[str, object], path: Path) -> None:
+def _save_safetensors(tensors: dict[str, Any], path: Path) -> None:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    contiguous = {k: v.detach().contiguous() for k, v in sorted(tensors.items())}  # type: ignore[attr-defined]
+    contiguous = {k: v.detach().contiguous() for k, v in sorted(tensors.items())}
     save_file(contiguous, str(path), metadata={"format": "pt"})
 
 
-def _write_text_encoder(folder: Path) -> None:
+def _save_pretrained(model: Any, folder: Path, size: ModelSize) -> None:
+    # Shards of at most max_shard_size with the library's *.safetensors.index.json, which is
+    # what diffusers and transformers (and fastvideo's text-encoder loader) read.
+    options = {"max_shard_size": size.max_shard_size} if size.max_shard_size else {}
+    model.save_pretrained(str(folder), **options)
+
+
+def _write_transformer(folder: Path, size: ModelSize, task: str) -> None:
     import torch
-    from transformers import UMT5Config, UMT5EncoderModel
 
-    config = UMT5Config(
-        vocab_size=_VOCAB_SIZE,
-        d_model=_TEXT_DIM,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_decoder_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=32,
-        relative_attention_max_distance=128,
-        dropout_rate=0.1,
-        layer_norm_epsilon=1e-6,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    torch.manual_seed(_SEEDS["text_encoder"])
-    model = UMT5EncoderModel(config).eval()
-    _init_small(model, _SEEDS["text_encoder"])
-    model.save_pretrained(str(folder))
-
-
-def _write_vae(folder: Path) -> None:
-    import torch
-    from diffusers import AutoencoderKLWan
-
-    torch.manual_seed(_SEEDS["vae"])
-    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1)
-    _init_small(vae, _SEEDS["vae"])
-    vae.save_pretrained(str(folder))
-
-
-def _write_transformer(folder: Path, i2v: bool) -> None:
-    import torch
-    from diffusers import WanTransformer3DModel
-
-    hidden = 32
-    kwargs: dict[str, object] = {
-        "patch_size": (1, 2, 2),
-        "num_attention_heads": 2,
-        "attention_head_dim": hidden // 2,
-        "in_channels": 36 if i2v else 16,
-        "out_channels": 16,
-        "text_dim": _TEXT_DIM,
-        "freq_dim": 256,
-        "ffn_dim": 64,
-        "num_layers": 2,
-        "cross_attn_norm": True,
-        "qk_norm": "rms_norm_across_heads",
-        "eps": 1e-6,
-        "rope_max_seq_len": 1024,
-    }
-    if i2v:
-        kwargs["image_dim"] = _CLIP_DIM
-        kwargs["added_kv_proj_dim"] = hidden
     torch.manual_seed(_SEEDS["transformer"])
-    model = WanTransformer3DModel(**kwargs)
-    # Wider than the other components so the prompt, image and timestep visibly change the
-    # output; with 0.02 the DiT's contribution vanishes and every request decodes the same noise.
-    _init_small(model, _SEEDS["transformer"], std=_DIT_INIT_STD)
-    model.save_pretrained(str(folder))
-    if i2v:
-        # fastvideo's Wan I2V cross-attention has a norm on the image query that diffusers no
-        # longer has; diffusers only reads diffusion_pytorch_model.safetensors, fastvideo globs.
-        extra = {
-            f"blocks.{i}.attn2.norm_added_q.weight": torch.ones(hidden)
-            for i in range(int(kwargs["num_layers"]))  # type: ignore[call-overload]
-        }
-        _save_safetensors(extra, folder / "fastvideo_extra.safetensors")
+    model = new_component(size, "transformer", task)
+    _init_small(model, _SEEDS["transformer"], std=size.dit_init_std)
+    _save_pretrained(model, folder, size)
+    del model
+    _release_memory(size)
+    extras = {
+        name: torch.empty(shape) for name, shape in transformer_extra_shapes(size, task).items()
+    }
+    if extras:
+        _fill_small(sorted(extras.items()), _SEEDS["extra"], std=size.dit_init_std)
+        # diffusers reads only its own weight files; fastvideo globs every *.safetensors.
+        _save_safetensors(extras, folder / EXTRA_WEIGHTS_NAME)
 
 
-def _write_image_encoder(folder: Path) -> None:
+def _write_pretrained(folder: Path, size: ModelSize, component: str) -> None:
     import torch
-    from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    config = CLIPVisionConfig(
-        hidden_size=_CLIP_DIM,
-        intermediate_size=32,
-        projection_dim=_CLIP_DIM,
-        num_hidden_layers=32,
-        num_attention_heads=2,
-        image_size=_CLIP_IMAGE_SIZE,
-        patch_size=2,
-        hidden_act="gelu",
-        layer_norm_eps=1e-5,
-    )
-    config.architectures = ["CLIPVisionModel"]
+    torch.manual_seed(_SEEDS[component])
+    model = new_component(size, component)
+    _init_small(model, _SEEDS[component], std=size.init_std)
+    _save_pretrained(model, folder, size)
+
+
+def _write_image_encoder(folder: Path, size: ModelSize) -> None:
+    import torch
+
     torch.manual_seed(_SEEDS["image_encoder"])
-    model = CLIPVisionModel(config).eval()
-    _init_small(model, _SEEDS["image_encoder"])
+    model = new_component(size, "image_encoder")
+    _init_small(model, _SEEDS["image_encoder"], std=size.init_std)
     folder.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(str(folder))
-    state = model.state_dict()
+    model.config.save_pretrained(str(folder))
     # Original CLIP checkpoints (and fastvideo's loader) name weights vision_model.*;
     # transformers 5 maps that prefix back when loading.
     prefixed = {
         name if name.startswith("vision_model.") else f"vision_model.{name}": tensor
-        for name, tensor in state.items()
+        for name, tensor in model.state_dict().items()
         if not name.endswith("position_ids")
     }
     _save_safetensors(prefixed, folder / "model.safetensors")
 
 
-def _write_image_processor(folder: Path) -> None:
+def _write_image_processor(folder: Path, size: ModelSize) -> None:
     from transformers import CLIPImageProcessor
 
     processor = CLIPImageProcessor(
-        size={"shortest_edge": _CLIP_IMAGE_SIZE},
-        crop_size={"height": _CLIP_IMAGE_SIZE, "width": _CLIP_IMAGE_SIZE},
+        size={"shortest_edge": size.image_size},
+        crop_size={"height": size.image_size, "width": size.image_size},
         do_resize=True,
         do_center_crop=True,
         do_normalize=True,
@@ -461,19 +498,52 @@ def _write_image_processor(folder: Path) -> None:
 
 
 def _folder_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    # The folder's own files; linked (shared) components count where they live.
+    total = 0
+    for folder, _dirs, files in os.walk(path):
+        total += sum(os.lstat(os.path.join(folder, name)).st_size for name in files)
+    return total
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m videoserve.tiny_models",
+        description="Build random-weight (synthetic, noise-producing) Wan models.",
+    )
+    parser.add_argument("out_dir", nargs="?", type=Path, help="output directory (or --out)")
+    parser.add_argument("--out", type=Path, help="output directory")
+    parser.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        default=TINY.name,
+        help="tiny (default: MBs, CPU) or full (the real architectures: tens of GB, a GPU)",
+    )
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    args = parser.parse_args(argv)
+    if (args.out is None) == (args.out_dir is None):
+        parser.error("give the output directory once: OUT_DIR or --out DIR")
+    args.out = args.out or args.out_dir
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Build both tiny models into the directory given on the command line."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or args[0] in {"-h", "--help"}:
-        print("usage: python -m videoserve.tiny_models OUT_DIR", file=sys.stderr)
-        return 2
-    out_dir = Path(args[0])
+    """Build the models the command line asks for and print one line per model."""
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    size = SIZES[args.size]
+    if size.prefer_cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            print(
+                "no CUDA GPU: building on the CPU (slow; the 14B DiT alone takes 33 GB of RAM)",
+                file=sys.stderr,
+                flush=True,
+            )
     for task in TASKS:
+        if task not in args.tasks:
+            continue
         start = time.perf_counter()
-        path = build_tiny_model(task, out_dir)
+        path = build_model(task, args.out, size)
         elapsed = time.perf_counter() - start
         size_mb = _folder_size(path) / 1e6
         print(f"{task}\t{path}\t{size_mb:.2f} MB\t{elapsed:.1f} s", flush=True)

@@ -38,16 +38,26 @@ def describe(job: dict[str, Any]) -> str:
             f"{cached}")
 
 
+STAGE_TEXT = {
+    "starting": "Starting",
+    "encoding_prompt": "Encoding the prompt",
+    "encoding_image": "Encoding the image",
+    "decoding": "Decoding frames",
+    "encoding_video": "Encoding the video",
+}
+
+
 def progress_text(job: dict[str, Any]) -> str:
     detail = job["progress_detail"]
     if job["status"] in ("completed", "failed", "cancelled"):
         return job["status"].capitalize()
     if job["status"] == "queued":
         return f"Queued (position {(detail['queue_position'] or 0) + 1})"
-    estimate = " (estimated)" if detail.get("estimated") else ""
-    if detail["stage"] == "encoding":
-        return "Encoding the video"
-    return f"Denoising step {detail['step']}/{detail['total_steps']}{estimate}"
+    stage = detail["stage"]
+    if stage == "denoising":
+        estimate = " (estimated)" if detail.get("estimated") else ""
+        return f"Denoising step {detail['step']}/{detail['total_steps']}{estimate}"
+    return STAGE_TEXT.get(stage, "Starting")
 
 
 class Handlers:

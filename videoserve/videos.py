@@ -96,7 +96,7 @@ def to_generate_request(create: VideoCreateRequest, settings: Settings) -> Gener
 
 def _stage(job: Job) -> str:
     if job.status == "in_progress":
-        return "denoising" if job.step < job.total_steps else "encoding"
+        return job.stage or "starting"
     return job.status
 
 

@@ -1,9 +1,10 @@
 """What runs inside a generator replica: one engine, one generation at a time, events out.
 
-The engine is created and used from one dedicated thread (fastvideo ties its worker processes'
-lifetime to the thread that created them). ``run`` streams events back to the caller:
-``started``, ``progress`` (per step), then exactly one of ``result`` (with the MP4 bytes, so no
-shared filesystem is needed between nodes), ``cancelled`` or ``error``.
+The engine is created and used from one dedicated thread (engines are not thread-safe, and the
+diffusers engine's torch state is per thread). ``run`` streams events back to the caller:
+``started``, ``progress`` (each stage start and each denoising step), then exactly one of
+``result`` (with the MP4 bytes the engine encoded, so no shared filesystem is needed between
+nodes), ``cancelled`` or ``error``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Protocol
 
 from videoserve.config import ModelSpec
 from videoserve.engines import GenerationCancelled, GenerationParams, create_engine
-from videoserve.media import encode_mp4, png_to_image
+from videoserve.media import png_to_image
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,9 @@ class GeneratorWorker:
             raise RuntimeError(f"{self.spec.task} engine is not usable")
 
     def info(self) -> dict[str, Any]:
+        stats = getattr(self.engine, "stats", dict)()
         return {**self.spec.describe(), "load_time": round(self.load_time, 3), "pid": os.getpid(),
-                "generations": self.generations}
+                "generations": self.generations, **stats}
 
     async def run(self, item: WorkItem) -> AsyncIterator[dict[str, Any]]:
         loop = asyncio.get_running_loop()
@@ -85,7 +87,7 @@ class GeneratorWorker:
         def emit(event: dict[str, Any] | None) -> None:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
-        reached = {"step": 0, "cancel_received_at": None}
+        reached = {"step": 0, "stage": None, "cancel_received_at": None}
         self._executor.submit(self._generate, item, emit, cancel, reached)
         watcher = asyncio.create_task(self._watch_cancel(item.job_id, cancel, reached))
         try:
@@ -117,26 +119,24 @@ class GeneratorWorker:
             emit({"type": "started", "time": time.time()})
             params = item.to_params()
 
-            def progress(step: int, total: int) -> None:
-                reached["step"] = step
-                emit({"type": "progress", "step": step, "total_steps": total})
+            def progress(stage: str, step: int, total: int) -> None:
+                reached["step"], reached["stage"] = step, stage
+                emit({"type": "progress", "stage": stage, "step": step, "total_steps": total})
 
             self.generations += 1
             output = self.engine.generate(params, progress, cancel.is_set)
-            start = time.perf_counter()
-            mp4 = encode_mp4(output.frames, item.fps)
-            frames, height, width, _ = output.frames.shape
             emit({
                 "type": "result",
-                "mp4": mp4,
-                "num_frames": int(frames),
-                "height": int(height),
-                "width": int(width),
+                "mp4": output.mp4,
+                "num_frames": output.num_frames,
+                "height": output.height,
+                "width": output.width,
                 "inference_time": output.inference_time,
-                "encoding_time": time.perf_counter() - start,
+                "encoding_time": output.encoding_time,
             })
         except GenerationCancelled:
             emit({"type": "cancelled", "stopped_at_step": reached["step"],
+                  "stopped_in_stage": reached["stage"],
                   "cancel_received_at_step": reached["cancel_received_at"]})
         except Exception as exc:  # noqa: BLE001 - reported to the client; the replica lives on
             log.exception("generation %s failed", item.job_id)

@@ -3,7 +3,7 @@ in front of it, served in-process on a free port (shared by the browser and clie
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import requests
@@ -22,14 +22,16 @@ class UiServer:
 
 @pytest.fixture(scope="package")
 def e2e_backend(serve_cluster, tmp_path_factory) -> str:
-    """The tiny T2V + I2V app on the shared Serve instance, under /e2e."""
+    """The tiny T2V + I2V app on the shared Serve instance, under /e2e: T2V on the diffusers
+    engine, I2V on fastvideo (through the test-only CPU shim), so the UI meets both engines."""
     from ray import serve
 
     from videoserve.client import VideoClient
     from videoserve.deployments import build_app
 
-    settings = Settings(models=build_specs("tiny", gpu_count=0),
-                        output_path=tmp_path_factory.mktemp("e2e-out"))
+    specs = build_specs("tiny", gpu_count=0)
+    specs["i2v"] = replace(specs["i2v"], engine="fastvideo")
+    settings = Settings(models=specs, output_path=tmp_path_factory.mktemp("e2e-out"))
     serve.run(build_app(settings), name="e2e", route_prefix="/e2e")
     url = serve_cluster.url + "/e2e"
     # serve.run returns once the replicas are up; the models must answer "ready" too.

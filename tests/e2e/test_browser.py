@@ -1,5 +1,6 @@
 """The Gradio UI in a real browser: Playwright drives Debian's headless Chromium against the UI,
-which talks to a tiny CPU backend on Ray Serve (fixtures in tests/e2e/conftest.py)."""
+which talks to a tiny CPU backend on Ray Serve (fixtures in tests/e2e/conftest.py): T2V on the
+diffusers engine, I2V on the real fastvideo engine through the test-only CPU shim."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ SMALL = {"frames": 5, "height": 48, "width": 80, "steps": 2}
 # more (decoding 33 frames), but is cancelled while it denoises.
 WATCH = {"frames": 9, "height": 256, "width": 256, "steps": 50}
 CANCEL = {"frames": 33, "height": 256, "width": 256, "steps": 50}
+# The fastvideo engine (I2V tab) on the CPU shim: ~0.1 s a step at this size.
+FASTVIDEO_WATCH = {"frames": 9, "height": 128, "width": 128, "steps": 30}
 
 VIDEO_LOADED = """id => {
     const video = document.querySelector(`#${id} video`);
@@ -119,12 +122,12 @@ def check_info(page, prefix: str, task: str) -> None:
     assert f"{SMALL['width']}×{SMALL['height']}" in text and f"{SMALL['steps']} steps" in text
 
 
-# Records every distinct progress text that Gradio's status tracker shows over the T2V video
+# Records every distinct progress text that Gradio's status tracker shows over a tab's video
 # ("Denoising step 12/50 - 24.0%"), in order, into window.__progress.
-WATCH_PROGRESS = """() => {
+WATCH_PROGRESS = """(videoId) => {
     window.__progress = [];
     const record = () => {
-        const level = document.querySelector('#t2v-video .progress-level-inner');
+        const level = document.querySelector(`#${videoId} .progress-level-inner`);
         const text = level ? level.textContent.replace(/\\s+/g, ' ').trim() : '';
         if (text && !window.__progress.includes(text)) window.__progress.push(text);
     };
@@ -175,17 +178,20 @@ def test_text_to_video(page, backend_defaults):
     assert screenshot(page, "t2v.png").stat().st_size > 0
 
 
-def test_image_to_video(page, backend_defaults, tmp_path):
+def upload_image(page, tmp_path) -> None:
     image_path = tmp_path / "input.png"
     image = Image.new("RGB", (160, 96), (40, 90, 160))
     image.paste((255, 200, 90), (60, 20, 100, 60))
     image.save(image_path)
-
     page.get_by_role("tab", name="Image-to-Video").click()
     sync_api.expect(page.locator("#i2v-image")).to_be_visible()
     page.locator("#i2v-image input[type=file]").set_input_files(str(image_path))
     # The upload is done once the component previews the image.
     sync_api.expect(page.locator("#i2v-image img").first).to_be_visible()
+
+
+def test_image_to_video(page, backend_defaults, tmp_path):
+    upload_image(page, tmp_path)
     open_advanced(page, "i2v", backend_defaults["i2v"])
     page.locator("#i2v-prompt textarea").fill("The sun slowly sets over the sea.")
     page.locator("#i2v-run").click()
@@ -214,7 +220,7 @@ def test_bad_inputs_show_errors(page):
 def test_progress_is_shown_while_the_job_runs(page, backend_defaults):
     open_advanced(page, "t2v", backend_defaults["t2v"], WATCH)
     page.locator("#t2v-prompt textarea").fill("A progress bar that moves.")
-    page.evaluate(WATCH_PROGRESS)
+    page.evaluate(WATCH_PROGRESS, "t2v-video")
     page.locator("#t2v-run").click()
     wait_for_video(page, "t2v")
     texts = page.evaluate("window.__progress")
@@ -223,6 +229,22 @@ def test_progress_is_shown_while_the_job_runs(page, backend_defaults):
     assert steps == sorted(steps) and all(f"/{WATCH['steps']}" in t for t in texts
                                           if DENOISING.search(t)), texts
     sync_api.expect(page.locator("#t2v-info")).to_contain_text(f"{WATCH['steps']} steps")
+
+
+def test_fastvideo_progress_shows_real_steps(page, backend_defaults, tmp_path):
+    # The e2e backend serves I2V with the fastvideo engine: its steps come from the pipeline.
+    upload_image(page, tmp_path)
+    open_advanced(page, "i2v", backend_defaults["i2v"], FASTVIDEO_WATCH)
+    page.locator("#i2v-prompt textarea").fill("Steps reported by fastvideo itself.")
+    page.evaluate(WATCH_PROGRESS, "i2v-video")
+    page.locator("#i2v-run").click()
+    wait_for_video(page, "i2v")
+    texts = page.evaluate("window.__progress")
+    steps = denoising_steps(texts)
+    assert len(set(steps)) >= 2 and steps == sorted(steps), texts
+    assert all(f"/{FASTVIDEO_WATCH['steps']}" in t and "estimated" not in t
+               for t in texts if DENOISING.search(t)), texts
+    sync_api.expect(page.locator("#i2v-info")).to_contain_text("via fastvideo")
 
 
 def test_cancel_stops_the_job(page, backend_defaults, ui_server):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.helpers import fetch_video, png_b64
+from tests.helpers import fetch_video, png_b64, png_bytes
 from videoserve.config import Settings, build_specs
 
 pytestmark = pytest.mark.gpu
@@ -52,18 +52,27 @@ def test_fastvideo_on_gpu_t2v_and_i2v(gpu_backend):
         assert info.codec == "h264" and info.pix_fmt == "yuv420p" and info.faststart
 
 
-def test_fastvideo_jobs_report_estimated_progress_on_gpu(gpu_backend):
+def test_fastvideo_jobs_report_real_progress_and_cancel_on_gpu(gpu_backend):
     from videoserve.client import VideoClient
 
     client = VideoClient(gpu_backend)
-    body = {"num_frames": 33, "height": 256, "width": 256, "num_inference_steps": 8}
-    client.wait(client.submit("warm-up for the speed estimate", **body)["id"])
+    body = {"num_frames": 33, "height": 256, "width": 256, "num_inference_steps": 8,
+            "image": png_bytes(320, 240), "model_type": "i2v"}
     seen: list[dict] = []
     job = client.submit("a lantern festival at night", **body)
-    final = client.wait(job["id"], on_progress=seen.append, poll_s=0.02)
+    final = client.wait(job["id"], on_progress=seen.append, poll_s=0.01)
     assert final["status"] == "completed" and final["progress"] == 100
-    assert all(s["progress_detail"]["estimated"] for s in seen)
-    percents = [s["progress"] for s in seen]
-    assert percents == sorted(percents)
-    print(f"fastvideo job progress seen: {sorted(set(percents))}; "
-          f"inference {final['result']['inference_time']}s")
+    assert not any(s["progress_detail"]["estimated"] for s in seen)
+    steps = [s["progress_detail"]["step"] for s in seen
+             if s["progress_detail"]["stage"] == "denoising"]
+    assert steps == sorted(steps) and steps[-1] >= 7, steps
+    print(f"fastvideo job steps seen: {sorted(set(steps))}; "
+          f"stages: {list(dict.fromkeys(s['progress_detail']['stage'] for s in seen))}")
+    long = client.submit("cancel me", **{**body, "num_inference_steps": 50})
+    client.wait(long["id"], until=lambda j: j["progress_detail"]["step"] >= 3, poll_s=0.01)
+    client.cancel(long["id"])
+    stopped = client.wait(long["id"], poll_s=0.05)
+    record = stopped["cancellation"]
+    assert stopped["status"] == "cancelled" and record["stopped_in_stage"] == "denoising"
+    assert record["stopped_at_step"] - record["cancel_received_at_step"] <= 1, record
+    print(f"cancelled: {record}")

@@ -19,9 +19,16 @@ class FailOnMarker:
 
     def generate(self, params, progress, should_cancel):
         if FAIL_MARKER in params.prompt:
-            progress(1, params.num_inference_steps)
+            progress("denoising", 1, params.num_inference_steps)
             raise GenerationError("injected engine failure")
         return self.engine.generate(params, progress, should_cancel)
+
+    @property
+    def healthy(self) -> bool:
+        return getattr(self.engine, "healthy", True)
+
+    def stats(self) -> dict[str, Any]:
+        return getattr(self.engine, "stats", dict)()
 
     def close(self) -> None:
         self.engine.close()

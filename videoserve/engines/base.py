@@ -6,11 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import numpy as np
 from PIL import Image
 
-# progress(step, total_steps): called after each finished denoising step.
-ProgressFn = Callable[[int, int], None]
+# progress(stage, step, total_steps): called when a stage starts ("encoding_prompt",
+# "encoding_image", "denoising", "decoding", "encoding_video") and after each denoising step.
+ProgressFn = Callable[[str, int, int], None]
 # should_cancel(): polled between steps; True stops the generation with GenerationCancelled.
 CancelFn = Callable[[], bool]
 
@@ -41,8 +41,14 @@ class GenerationParams:
 
 @dataclass
 class GenerationOutput:
-    frames: np.ndarray  # (T, H, W, 3) uint8
-    inference_time: float
+    """A finished video, encoded in the process that held its frames."""
+
+    mp4: bytes  # H.264 yuv420p, +faststart
+    num_frames: int
+    height: int
+    width: int
+    inference_time: float  # prompt to last decoded frame
+    encoding_time: float  # MP4 encoding not hidden behind decoding
 
 
 class Engine(Protocol):

@@ -2,7 +2,7 @@
 
 It is the reference implementation, the default where no GPU exists, and the baseline the
 benchmarks compare the fastvideo engine against. It reports every denoising step and stops at
-the next step when cancelled.
+the next step when cancelled. Frames are encoded to MP4 here, in the process that holds them.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from videoserve.engines.base import (
     GenerationParams,
     ProgressFn,
 )
+from videoserve.media import encode_mp4
 
 
 class DiffusersEngine:
@@ -49,9 +50,11 @@ class DiffusersEngine:
         total = params.num_inference_steps
 
         def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
-            progress(step + 1, total)
+            progress("denoising", step + 1, total)
             if should_cancel():
                 raise GenerationCancelled()
+            if step + 1 == total:
+                progress("decoding", total, total)
             return kwargs
 
         if should_cancel():
@@ -72,12 +75,20 @@ class DiffusersEngine:
         if self.task == "i2v":
             call["image"] = params.image
         start = time.perf_counter()
+        progress("encoding_prompt", 0, total)
         with torch.inference_mode():
             result = self.pipe(**call)
         frames = np.asarray(result.frames[0])
         if frames.dtype != np.uint8:
             frames = (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-        return GenerationOutput(frames=frames, inference_time=time.perf_counter() - start)
+        inference_time = time.perf_counter() - start
+        progress("encoding_video", total, total)
+        start = time.perf_counter()
+        mp4 = encode_mp4(frames, params.fps)
+        count, height, width, _ = frames.shape
+        return GenerationOutput(mp4=mp4, num_frames=int(count), height=int(height),
+                                width=int(width), inference_time=inference_time,
+                                encoding_time=time.perf_counter() - start)
 
     def close(self) -> None:
         self.pipe = None

@@ -1,26 +1,27 @@
 """The fastvideo engine: FastVideo's ``VideoGenerator`` (0.2.x), on CUDA GPUs.
 
-The generator lives in a child process (``fastvideo_host``) so that fastvideo's worker failures
-(which signal their parent with SIGQUIT) end that child, never the replica. After such a failure
-the request gets an error and the next request reloads the model in a fresh child.
+The pipeline is built in-process inside one child process we own (``fastvideo_host``; the
+module docstring there says why a child and not the replica itself), through the adapter in
+``fastvideo_adapter``, which is the only module that knows fastvideo's internals.
 
-Progress: fastvideo exposes no per-step callback, so progress is an estimate from the measured
-seconds per step of earlier generations (jobs show it as ``"estimated": true``).
-Cancel: a cancelled job that has not reached the generator never runs; one already running
-finishes on the GPU and its result is discarded (stopping mid-way would need a model reload).
+- Progress is real: stage starts and every denoising step come from the pipeline.
+- Cancel stops a running job at its next denoising step; the latents are never decoded and the
+  model stays loaded, so the next job starts at once.
+- The child encodes the MP4 while the VAE decodes; only the MP4 bytes come back.
+- A failed job leaves the child serving when its pipeline is still usable; otherwise the child
+  exits and the next job loads the model in a fresh one.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from videoserve.config import FASTVIDEO_OFFLOAD_FLAGS
 from videoserve.engines.base import (
@@ -33,11 +34,12 @@ from videoserve.engines.base import (
 )
 
 log = logging.getLogger(__name__)
-POLL_S = 0.25
+# How often a waiting generation checks should_cancel() (cancel reaches the child within this).
+POLL_S = 0.01
 
 
 def check_params(task: str, params: GenerationParams) -> None:
-    """Refuse what would make a fastvideo worker fail (and cost a model reload)."""
+    """Refuse what fastvideo would fail on, with a message naming the rule."""
     if params.height % 16 or params.width % 16:
         raise GenerationError("height and width must be multiples of 16")
     if params.num_frames % 4 != 1:
@@ -49,7 +51,7 @@ def check_params(task: str, params: GenerationParams) -> None:
 
 
 class FastVideoEngine:
-    """Owns the child process that holds the loaded ``VideoGenerator``."""
+    """Owns the child process that holds the loaded pipeline."""
 
     name = "fastvideo"
 
@@ -58,7 +60,13 @@ class FastVideoEngine:
         self.options = self._generator_options(options)
         self.healthy = False
         self.load_time = 0.0
-        self._seconds_per_unit: float | None = None  # measured: s / (step * frame * pixel)
+        self.loads = 0
+        self.videos = 0
+        self.version = ""
+        self._ctx = mp.get_context("spawn")
+        # The seq of the job the child should stop; read by its step hook, no lock needed.
+        self._cancel = self._ctx.Value("q", 0, lock=False)
+        self._seq = 0
         self._lock = threading.Lock()
         self._proc: Any = None
         self._conn: Any = None
@@ -70,6 +78,11 @@ class FastVideoEngine:
         env = {"FASTVIDEO_ATTENTION_BACKEND": opts.pop("attention_backend")} if (
             "attention_backend" in opts) else {}
         env.update(opts.pop("env", {}))
+        # Ray sets OMP_NUM_THREADS to the replica's num_cpus (1), which the child would inherit:
+        # fastvideo makes some tensors on the CPU (e.g. DMD's per-step noise), measurably slower
+        # on one thread. ``cpu_threads`` overrides the default: half the cores, at most 8.
+        threads = opts.pop("cpu_threads", None) or max(1, min(8, (os.cpu_count() or 2) // 2))
+        env.setdefault("OMP_NUM_THREADS", str(threads))
         for flag in FASTVIDEO_OFFLOAD_FLAGS:
             opts.setdefault(flag, False)
         opts.setdefault("num_gpus", 1)
@@ -79,12 +92,11 @@ class FastVideoEngine:
     def _start_child(self) -> None:
         from videoserve.engines.fastvideo_host import serve_forever
 
-        ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe()
+        parent, child = self._ctx.Pipe()
         start = time.perf_counter()
-        self._proc = ctx.Process(target=serve_forever, args=(child, self.model_path,
-                                                             dict(self.options)),
-                                 name=f"fastvideo-{self.task}", daemon=False)
+        self._proc = self._ctx.Process(target=serve_forever, name=f"fastvideo-{self.task}",
+                                       args=(child, self.model_path, dict(self.options),
+                                             self._cancel), daemon=False)
         self._proc.start()
         child.close()
         self._conn = parent
@@ -92,10 +104,14 @@ class FastVideoEngine:
         if message is None or message["type"] != "ready":
             detail = message.get("message") if message else "the process exited during load"
             self._stop_child()
+            self.healthy = False  # the replica's health check fails; Serve replaces it
             raise GenerationError(f"fastvideo failed to load {self.model_path}: {detail}")
         self.load_time = time.perf_counter() - start
+        self.loads += 1
+        self.version = message.get("version", "")
         self.healthy = True
-        log.info("fastvideo %s loaded %s in %.1fs", self.task, self.model_path, self.load_time)
+        log.info("fastvideo %s %s loaded %s in %.1fs (pid %s)", self.version, self.task,
+                 self.model_path, self.load_time, self._proc.pid)
 
     def _recv_message(self, timeout: float | None) -> dict[str, Any] | None:
         """The next message from the child; None if it died; raise TimeoutError if none yet."""
@@ -119,10 +135,16 @@ class FastVideoEngine:
                 self._proc.kill()
                 self._proc.join(timeout=10)
         self._proc = self._conn = None
-        self.healthy = False
+
+    def stats(self) -> dict[str, Any]:
+        """Shown in the generator's info: how often the model was loaded, the child's pid."""
+        pid = self._proc.pid if self._proc is not None else None
+        return {"engine_pid": pid, "engine_loads": self.loads, "videos_encoded": self.videos,
+                "fastvideo_version": self.version}
 
     def _request_kwargs(self, params: GenerationParams, image_path: str | None) -> dict[str, Any]:
-        kwargs = dict(prompt=params.prompt, negative_prompt=params.negative_prompt or None,
+        # An empty negative prompt stays a string: fastvideo's CFG pass encodes it (None crashes).
+        kwargs = dict(prompt=params.prompt, negative_prompt=params.negative_prompt,
                       seed=params.seed, guidance_scale=params.guidance_scale,
                       num_frames=params.num_frames, height=params.height, width=params.width,
                       num_inference_steps=params.num_inference_steps, fps=params.fps,
@@ -145,54 +167,54 @@ class FastVideoEngine:
 
     def run(self, kwargs: dict[str, Any], params: GenerationParams, progress: ProgressFn,
             should_cancel: CancelFn) -> GenerationOutput:
-        """Send one already-checked request to the child and wait for its frames."""
+        """Send one already-checked request to the child and follow it to its end."""
         with self._lock:
             if should_cancel():
                 raise GenerationCancelled()
             if self._proc is None or not self._proc.is_alive():
                 self._stop_child()
                 self._start_child()
-            start = time.perf_counter()
-            self._conn.send({"kwargs": kwargs})
-            message = self._wait(params, progress, start)
-            if message is None or message["type"] == "error":
-                fatal = message is None or message.get("fatal", True)
-                reason = message["message"] if message else "fastvideo process exited"
-                if fatal:
-                    # The workers are gone; the next request loads a fresh generator.
-                    self._stop_child()
-                raise GenerationError(f"fastvideo generation failed: {reason}")
-            shape = tuple(message["shape"])
-            frames = np.frombuffer(self._conn.recv_bytes(), dtype=np.uint8).reshape(shape)
-            elapsed = time.perf_counter() - start
-            self._learn_speed(params, elapsed)
-            progress(params.num_inference_steps, params.num_inference_steps)
-            if should_cancel():
-                raise GenerationCancelled()
-            return GenerationOutput(frames=frames, inference_time=elapsed)
+            self._seq += 1
+            self._conn.send({"seq": self._seq, "kwargs": kwargs, "fps": params.fps})
+            return self._follow(self._seq, params, progress, should_cancel)
 
-    def _units(self, params: GenerationParams) -> float:
-        return params.num_inference_steps * params.num_frames * params.height * params.width
-
-    def _learn_speed(self, params: GenerationParams, elapsed: float) -> None:
-        measured = elapsed / self._units(params)
-        previous = self._seconds_per_unit
-        self._seconds_per_unit = measured if previous is None else 0.5 * (previous + measured)
-
-    def _wait(self, params: GenerationParams, progress: ProgressFn,
-              start: float) -> dict[str, Any] | None:
-        total, reported = params.num_inference_steps, 0
+    def _follow(self, seq: int, params: GenerationParams, progress: ProgressFn,
+                should_cancel: CancelFn) -> GenerationOutput:
+        step, total = 0, params.num_inference_steps
         while True:
+            if self._cancel.value != seq and should_cancel():
+                self._cancel.value = seq
             try:
-                return self._recv_message(timeout=POLL_S)
+                message = self._recv_message(timeout=POLL_S)
             except TimeoutError:
-                if self._seconds_per_unit is None:
-                    continue
-                expected = self._seconds_per_unit * self._units(params)
-                step = min(int(total * (time.perf_counter() - start) / expected), total - 1)
-                if step > reported:
-                    reported = step
-                    progress(step, total)
+                continue
+            kind = message["type"] if message is not None else "exited"
+            if kind == "stage":
+                progress(message["stage"], step, total)
+            elif kind == "step":
+                step, total = message["step"], message["total"]
+                progress("denoising", step, total)
+            elif kind == "video":
+                mp4 = self._conn.recv_bytes()
+                self.videos += 1
+                return GenerationOutput(mp4=mp4, num_frames=message["num_frames"],
+                                        height=message["height"], width=message["width"],
+                                        inference_time=message["inference_time"],
+                                        encoding_time=message["encoding_time"])
+            elif kind == "cancelled":
+                raise GenerationCancelled()
+            else:
+                self._fail(message)
+
+    def _fail(self, message: dict[str, Any] | None) -> None:
+        if message is None or message.get("fatal", True):
+            # The child is gone or its pipeline is unusable: the next job loads a fresh one.
+            self._stop_child()
+            reason = message["message"] if message else "the fastvideo process exited"
+            raise GenerationError(f"fastvideo generation failed: {reason}; the model will be "
+                                  "reloaded for the next job")
+        raise GenerationError(f"fastvideo generation failed: {message['message']}")
 
     def close(self) -> None:
         self._stop_child()
+        self.healthy = False

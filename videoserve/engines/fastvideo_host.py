@@ -1,27 +1,38 @@
-"""The child process that owns a fastvideo ``VideoGenerator``.
+"""The child process that holds a fastvideo pipeline and turns requests into MP4 bytes.
 
-fastvideo's worker processes send SIGQUIT to their parent when they hit an exception, and tie
-their lifetime to the thread that created them. Running the generator in a process of our own,
-created and driven from that process's main thread, keeps both behaviours away from the Ray
-replica: a worker failure ends this process (after reporting the error), never the replica.
+Why a child process of the replica rather than the replica itself: a CUDA fault (an illegal
+address, a device-side assert) poisons the CUDA context for the life of the process, and
+fastvideo keeps process-global state (its torch.distributed world of one, parallel groups).
+In a child we own, such a failure costs a reload in a fresh process while the replica, its Ray
+actor and the ingress's stream stay up; the replica process itself never touches CUDA.
+The pipeline runs in-process *inside* this child (``fastvideo_adapter``): no further worker
+process, so progress, cancel and frames are plain function calls here.
+
+Only small messages and the finished MP4 cross the pipe: frames are encoded here, chunk by
+chunk while the VAE decodes the next chunk.
 
 Protocol over a ``multiprocessing`` pipe (the parent is ``fastvideo_engine.FastVideoEngine``):
-  child -> parent  {"type": "ready", "load_time": s} | {"type": "load_error", "message": str}
-  parent -> child  {"kwargs": {...}}  one generation;  None  shut down
-  child -> parent  {"type": "frames", "shape": (T, H, W, 3), "time": s, "steps": n} + raw bytes
+  child -> parent  {"type": "ready", "load_time": s, "version": v} | {"type": "load_error", ...}
+  parent -> child  {"seq": n, "kwargs": {...}, "fps": f}  one generation;  None  shut down
+  child -> parent  {"type": "stage", "stage": name}, {"type": "step", "step": k, "total": n}
+                   then one of {"type": "video", ...} + MP4 bytes | {"type": "cancelled", ...}
                    | {"type": "error", "message": str, "fatal": bool}
+  cancel           the parent writes the job's seq into a shared integer; the step hook reads it.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
+
+PARENT_CHECK_S = 1.0
 
 
 def _frames_array(frames: Any) -> np.ndarray:
@@ -32,62 +43,102 @@ def _frames_array(frames: Any) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def serve_forever(conn: Connection, model_path: str, options: dict[str, Any]) -> None:
+def _exit_with_parent() -> None:
+    """A replica killed with SIGKILL cannot stop us: leave when our parent changes."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def serve_forever(conn: Connection, model_path: str, options: dict[str, Any],
+                  cancel: Any) -> None:
     """Entry point of the child process: load, then answer requests until told to stop."""
-    worker_failed = {"flag": False}
-
-    def on_sigquit(signum: int, frame: Any) -> None:
-        # A fastvideo worker died; the blocked pipe read in generate() raises next.
-        worker_failed["flag"] = True
-
-    signal.signal(signal.SIGQUIT, on_sigquit)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    env = options.pop("env", {})
-    os.environ.update({k: str(v) for k, v in env.items()})
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
+    _exit_with_parent()
+    os.environ.update({k: str(v) for k, v in options.pop("env", {}).items()})
     try:
-        from fastvideo import VideoGenerator
+        from videoserve.engines import fastvideo_adapter as adapter
 
         start = time.perf_counter()
-        generator = VideoGenerator.from_pretrained(model_path, **options)
-        conn.send({"type": "ready", "load_time": time.perf_counter() - start})
+        runner = adapter.Instrumented(adapter.load_generator(model_path, options))
+        conn.send({"type": "ready", "load_time": time.perf_counter() - start,
+                   "version": adapter.check_version()})
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, then exit
         conn.send({"type": "load_error", "message": f"{type(exc).__name__}: {exc}",
                    "traceback": traceback.format_exc()})
         return
     try:
-        _loop(conn, generator, worker_failed)
+        while (request := _next_request(conn)) is not None:
+            if not _generate(conn, runner, request, cancel):
+                return  # the pipeline is unusable; the parent starts a fresh process
     finally:
         try:
-            generator.shutdown()
-        except Exception:  # noqa: BLE001 - workers may already be gone
+            runner.shutdown()
+        except Exception:  # noqa: BLE001 - exiting anyway
             pass
 
 
-def _loop(conn: Connection, generator: Any, worker_failed: dict[str, bool]) -> None:
-    while True:
-        try:
-            request = conn.recv()
-        except EOFError:
-            return
-        if request is None:
-            return
-        start = time.perf_counter()
-        try:
-            result = generator.generate_video(**request["kwargs"])
+def _next_request(conn: Connection) -> dict[str, Any] | None:
+    try:
+        return conn.recv()
+    except (EOFError, OSError):
+        return None
+
+
+def _generate(conn: Connection, runner: Any, request: dict[str, Any], cancel: Any) -> bool:
+    """Run one request and report it; False when the pipeline can no longer be used."""
+    from videoserve.engines import fastvideo_adapter as adapter
+    from videoserve.media import StreamingMp4Encoder
+
+    seq = request["seq"]
+    encoder = StreamingMp4Encoder(request["fps"])
+    chunks: list[Any] = []
+
+    def sink(chunk: Any) -> None:
+        chunks.append(None)
+        encoder.put(chunk)
+
+    hooks = adapter.RunHooks(
+        on_stage=lambda stage: conn.send({"type": "stage", "stage": stage}),
+        on_step=lambda step, total: conn.send({"type": "step", "step": step, "total": total}),
+        should_stop=lambda: cancel.value == seq,
+        frame_sink=sink,
+    )
+    start = time.perf_counter()
+    try:
+        result = runner.generate(hooks, **request["kwargs"])
+        inference_time = time.perf_counter() - start
+        if not chunks:
+            # This model could not stream its decode: fastvideo handed back the whole video.
             frames = _frames_array(result["frames"])
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            fatal = worker_failed["flag"] or not _workers_alive(generator)
-            conn.send({"type": "error", "message": f"{type(exc).__name__}: {exc}",
-                       "fatal": fatal})
-            if fatal:
-                return
-            continue
-        conn.send({"type": "frames", "shape": frames.shape,
-                   "time": time.perf_counter() - start})
-        conn.send_bytes(memoryview(frames).cast("B"))
+            encoder.put(lambda: frames)
+        conn.send({"type": "stage", "stage": "encoding_video"})
+        tail = time.perf_counter()
+        mp4 = encoder.finish()
+        encoding_time = time.perf_counter() - tail
+    except adapter.StopDenoising:
+        encoder.abort()
+        conn.send({"type": "cancelled", "step": hooks.steps_done, "stage": hooks.stage})
+        return True
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        encoder.abort()
+        usable = adapter.pipeline_usable()
+        conn.send({"type": "error", "message": _describe(exc), "fatal": not usable})
+        return usable
+    height, width = encoder.size
+    conn.send({"type": "video", "num_frames": encoder.frames, "height": height, "width": width,
+               "inference_time": inference_time, "encoding_time": encoding_time,
+               "stages": hooks.stages_seen})
+    conn.send_bytes(mp4)
+    return True
 
 
-def _workers_alive(generator: Any) -> bool:
-    executor = getattr(generator, "executor", None)
-    workers = getattr(executor, "workers", None) or []
-    return all(getattr(w, "proc", None) is None or w.proc.is_alive() for w in workers)
+def _describe(exc: BaseException) -> str:
+    # VideoGenerator wraps the pipeline thread's error; the cause is what the user needs.
+    root = exc.__cause__ if exc.__cause__ is not None else exc
+    return f"{type(root).__name__}: {root}"
