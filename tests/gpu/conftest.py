@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import ServeCluster, free_port
@@ -29,3 +33,19 @@ def gpu_cluster(tiny_models) -> ServeCluster:
     yield ServeCluster(port)
     serve.shutdown()
     ray.shutdown()
+
+
+WITH_14B = os.environ.get("VIDEOSERVE_GPU_TESTS_14B") == "1"
+
+
+@pytest.fixture(scope="session")
+def full_models(gpu_cluster, tmp_path_factory) -> dict[str, Path]:
+    from videoserve.tiny_models import ensure_full_models
+
+    folder = os.environ.get("VIDEOSERVE_FULL_MODEL_DIR")
+    cache = Path(folder) if folder else tmp_path_factory.mktemp("full-size")
+    tasks = ("t2v", "i2v") if WITH_14B else ("t2v",)
+    start = time.perf_counter()
+    models = ensure_full_models(cache, tasks=tasks)
+    print(f"full-size models ready in {time.perf_counter() - start:.0f} s: {models}")
+    return models
