@@ -26,7 +26,8 @@ from videoserve.videos import parse_create, read_create_body, to_generate_reques
 ReadinessFn = Callable[[], Awaitable[dict[str, dict[str, Any]]]]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 403, 404, 409, 413, 422, 500, 503, 504)
+    code: {"model": ErrorResponse} for code in (400, 403, 404, 409, 413, 422, 429, 500, 503,
+                                                504)
 }
 
 
@@ -82,7 +83,7 @@ def create_app(service: VideoService, readiness: ReadinessFn) -> FastAPI:
 
 
 def _job(service: VideoService, job_id: str) -> Job:
-    job = service.jobs.get(job_id) if is_job_id(job_id) else None
+    job = service.get(job_id) if is_job_id(job_id) else None
     if job is None:
         raise ApiError(404, f"no video {job_id!r}", type="not_found", code="not_found")
     return job
@@ -129,7 +130,7 @@ def add_video_routes(app: FastAPI, service: VideoService) -> None:
         for index, fields in enumerate(batch.requests):
             create = parse_create(dict(fields), loc=("body", "requests", index))
             prepared.append(await service.prepare(to_generate_request(create, service.settings)))
-        return {"object": "list", "ids": [service.enqueue(p)[0].id for p in prepared]}
+        return {"object": "list", "ids": [job.id for job in service.enqueue_batch(prepared)]}
 
     @app.get("/v1/videos/{job_id}", responses=ERRORS)
     async def get_video(job_id: str) -> dict[str, Any]:
@@ -164,7 +165,7 @@ def add_video_routes(app: FastAPI, service: VideoService) -> None:
     async def list_videos(limit: int = Query(20, ge=1, le=100), after: str | None = None,
                           order: Literal["asc", "desc"] = "desc") -> dict[str, Any]:
         """History, newest first by default; page with ``after`` = the last id seen."""
-        jobs, has_more = service.jobs.page(limit, after, order)
+        jobs, has_more = service.page(limit, after, order)
         data = [view(job) for job in jobs]
         return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                 "last_id": data[-1]["id"] if data else None, "has_more": has_more}

@@ -53,6 +53,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Serve FastVideo T2V/I2V models on Ray Serve.")
+    parser.add_argument("--drain_timeout", type=float, default=30.0,
+                        help="on SIGTERM/SIGINT, seconds that waiting requests get to finish")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port")
     add_model_flags(parser)
@@ -101,16 +103,29 @@ def main(argv: list[str] | None = None) -> int:
         note = " (random weights: output is noise)" if spec.synthetic else ""
         log.info("%s: %s on %s via %s%s", spec.task, spec.model, spec.device, spec.engine, note)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    _on_stop_signals(stop)
     started = time.perf_counter()
-    start(settings, args.host, args.port, args.ray_address, args.num_cpus)
+    app = start(settings, args.host, args.port, args.ray_address, args.num_cpus)
+    # Again after Ray started: ray.init installs its own SIGTERM handler, which would end the
+    # process without draining.
+    _on_stop_signals(stop)
     log.info("ready in %.1fs: http://%s:%d (API docs at /docs)", time.perf_counter() - started,
              args.host, args.port)
     stop.wait()
-    log.info("shutting down")
+    log.info("draining (up to %.0fs), then shutting down", args.drain_timeout)
+    try:
+        drained = app.drain.remote(args.drain_timeout).result(
+            timeout_s=args.drain_timeout + 30)
+        log.info("drained: %s", drained)
+    except Exception:  # noqa: BLE001 - shut down anyway; queued jobs are on disk
+        log.exception("drain failed")
     _shutdown()
     return 0
+
+
+def _on_stop_signals(stop: threading.Event) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
 
 
 def _shutdown() -> None:

@@ -61,8 +61,8 @@ class Limits:
     max_height: int = 832
     max_width: int = 832
     max_pixels: int = 480 * 832
-    max_frames: int = 81
-    max_steps: int = 50
+    max_num_frames: int = 81
+    max_num_inference_steps: int = 50
     max_guidance_scale: float = 20.0
     max_fps: int = 60
 
@@ -80,7 +80,8 @@ class ModelSpec:
     num_gpus: float = 0.0
     num_cpus: float = 1.0
     max_ongoing_requests: int = 1
-    # When the number of requests waiting for this model exceeds this, new ones are refused (503).
+    # Jobs that may wait in the ingress's queue for this model; beyond it new ones get a 429
+    # with Retry-After (estimated from measured job times).
     max_queued_requests: int = 64
     # Engine-specific keyword options (fastvideo offload flags, attention backend, dtypes ...).
     engine_options: dict[str, Any] = field(default_factory=dict)

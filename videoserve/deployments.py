@@ -7,6 +7,8 @@ No logic lives here: generators delegate to ``videoserve.worker`` and the ingres
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,7 +18,11 @@ from ray.serve.handle import DeploymentHandle
 
 from videoserve.config import ModelSpec, Settings, Task
 from videoserve.engines import create_engine
-from videoserve.worker import EngineFactory, GeneratorWorker, WorkItem
+from videoserve.protocol import Event, WorkItem
+from videoserve.worker import EngineFactory, GeneratorWorker
+
+log = logging.getLogger(__name__)
+READINESS_POLL_S = 0.5
 
 APP_NAME = "videoserve"
 NAMESPACE = "videoserve"
@@ -51,30 +57,37 @@ def board_name(app_name: str) -> str:
 
 
 class BoardSignal:
-    """A generator replica's view of the board (looked up when first needed)."""
+    """A generator replica's view of the board of the ingress that sent a job.
+
+    The board is looked up when the job starts and kept for that job: it is owned by (and dies
+    with) the ingress replica that created it, so a wait that fails means the job's ingress is
+    gone and nobody will receive its result.
+    """
 
     def __init__(self, app_name: str):
         self.app_name = app_name
-        self._board: Any = None
-
-    def _handle(self) -> Any:
-        if self._board is None:
-            self._board = ray.get_actor(board_name(self.app_name), namespace=NAMESPACE)
-        return self._board
+        self._boards: dict[str, Any] = {}
 
     async def wait(self, job_id: str) -> bool:
-        return await self._handle().wait.remote(job_id)
+        board = await asyncio.to_thread(ray.get_actor, board_name(self.app_name),
+                                        namespace=NAMESPACE)
+        self._boards[job_id] = board
+        return await board.wait.remote(job_id)
 
     async def release(self, job_id: str) -> None:
-        await self._handle().release.remote(job_id)
+        board = self._boards.pop(job_id, None)
+        if board is not None:
+            await board.release.remote(job_id)
 
 
 def generator_name(task: Task) -> str:
     return f"{task}_generator"
 
 
+# A health check a second: a replica that died is out of /ready and of the dispatch capacity
+# within about two seconds. The check itself is a cheap call on the replica's event loop.
 @serve.deployment(
-    health_check_period_s=10, health_check_timeout_s=60, graceful_shutdown_timeout_s=30
+    health_check_period_s=1, health_check_timeout_s=60, graceful_shutdown_timeout_s=30
 )
 class Generator:
     """A replica holding one loaded model (T2V or I2V)."""
@@ -84,7 +97,7 @@ class Generator:
         self.worker = GeneratorWorker(spec, engine_factory or create_engine,
                                       BoardSignal(app_name))
 
-    async def run(self, item: WorkItem) -> AsyncIterator[dict[str, Any]]:
+    async def run(self, item: WorkItem) -> AsyncIterator[Event]:
         async for event in self.worker.run(item):
             yield event
 
@@ -122,26 +135,58 @@ def _replica_counts(app_name: str, names: dict[str, str]) -> dict[str, dict[str,
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 @serve.ingress()
 class Ingress:
-    """The HTTP entry point; holds a handle per generator."""
+    """The HTTP entry point; holds a handle per generator and owns the job queue."""
 
     def __init__(self, settings: Settings, handles: dict[Task, DeploymentHandle]):
         from videoserve.service import VideoService
 
-        self.handles = handles
+        self.settings, self.handles = settings, handles
         self.app_name = serve.get_replica_context().app_name
-        self.board = CancelBoard.options(name=board_name(self.app_name), namespace=NAMESPACE,
-                                         get_if_exists=True).remote()
-        self.service = VideoService(settings, self._dispatch, self._request_cancel)
+        self.board = self._new_board()
+        self.states: dict[str, dict[str, Any]] = {}
+        self.service = VideoService(settings, self._dispatch, self._capacity,
+                                    self._request_cancel)
+        # The constructor runs on the replica's event loop: the runner's tasks live there.
+        self.service.start()
+        self._poller = asyncio.get_running_loop().create_task(self._poll_readiness())
+
+    def _new_board(self) -> Any:
+        return CancelBoard.options(name=board_name(self.app_name), namespace=NAMESPACE,
+                                   get_if_exists=True).remote()
 
     async def _request_cancel(self, job_id: str) -> None:
-        await self.board.cancel.remote(job_id)
+        try:
+            await self.board.cancel.remote(job_id)
+        except ray.exceptions.RayActorError:
+            self.board = self._new_board()  # its creator (an older ingress) is gone
+            await self.board.cancel.remote(job_id)
 
-    def _dispatch(self, task: Task, item: WorkItem) -> AsyncIterator[dict[str, Any]]:
+    def _dispatch(self, task: Task, item: WorkItem) -> AsyncIterator[Event]:
         return self.handles[task].options(stream=True).run.remote(item)
 
-    async def _readiness(self) -> dict[str, dict[str, Any]]:
+    def _capacity(self, task: Task) -> int:
+        running = self.states.get(task, {}).get("replicas_running", 0)
+        return running * self.settings.models[task].max_ongoing_requests
+
+    async def _poll_readiness(self) -> None:
         names = {task: generator_name(task) for task in self.handles}
-        return await asyncio.to_thread(_replica_counts, self.app_name, names)
+        while True:
+            try:
+                self.states = await asyncio.to_thread(_replica_counts, self.app_name, names)
+            except Exception:  # noqa: BLE001 - the controller is busy; keep the last answer
+                log.warning("could not read the deployments' status", exc_info=True)
+            self.service.runner.wake()
+            await asyncio.sleep(READINESS_POLL_S)
+
+    async def _readiness(self) -> dict[str, dict[str, Any]]:
+        return self.states
+
+    def info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "draining": self.service.draining}
+
+    async def drain(self, timeout_s: float) -> dict[str, int]:
+        """Stop accepting work and answer waiting requests (see VideoService.drain)."""
+        return await self.service.drain(timeout_s)
 
     def __serve_build_asgi_app__(self) -> Any:
         from videoserve.api import create_app
@@ -159,7 +204,9 @@ def build_app(settings: Settings, engine_factory: EngineFactory | None = None) -
             name=generator_name(task),
             num_replicas=spec.replicas,
             max_ongoing_requests=spec.max_ongoing_requests,
-            max_queued_requests=spec.max_queued_requests,
+            # The ingress queues jobs and sends a generator no more than it can run, so Serve's
+            # own queue never has to refuse one (it only holds work while a replica restarts).
+            max_queued_requests=-1,
             ray_actor_options={"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus},
         ).bind(spec, engine_factory)
         for task, spec in settings.models.items()

@@ -1,8 +1,12 @@
-"""Video jobs: every generation is a job with an id, a state, progress and a result.
+"""Video jobs: immutable records, the transitions between their states, and their table.
 
-Jobs are stored durably in SQLite under the output folder, so history and results survive a
-restart of the backend. Jobs still running are kept in memory too (their progress changes every
-step); every state change is written through.
+A job is ``queued`` until the runner dispatches it (``in_progress``), then ends ``completed``,
+``failed`` or ``cancelled``; a job whose generator died goes back to ``queued`` for one more
+attempt. ``Job.to`` is the only way to change state and refuses any other move.
+
+The table is SQLite under the output folder, written at every state change, so queued jobs,
+history and results survive a restart. Non-final jobs are mirrored in memory (their progress
+changes every step and is not written).
 """
 
 from __future__ import annotations
@@ -13,12 +17,22 @@ import secrets
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from videoserve.protocol import SamplingParams
+
 JobStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
 FINAL_STATES = ("completed", "failed", "cancelled")
+MOVES: dict[str, tuple[str, ...]] = {
+    "queued": ("in_progress", "cancelled", "failed"),
+    "in_progress": ("completed", "failed", "cancelled", "queued"),
+}
+
+
+class InvalidTransition(RuntimeError):
+    """A state change the job state machine does not allow (a bug, never user input)."""
 
 
 def new_job_id() -> str:
@@ -33,7 +47,7 @@ def is_job_id(value: str) -> bool:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class Job:
     """One generation request and everything known about it so far."""
 
@@ -42,10 +56,13 @@ class Job:
     model: str
     engine: str
     synthetic: bool
-    params: dict[str, Any]
+    params: SamplingParams
     status: JobStatus = "queued"
     step: int = 0
     total_steps: int = 0
+    # What a running job is doing: encoding_prompt, encoding_image, denoising, decoding,
+    # encoding_video (as the engine reports it).
+    stage: str | None = None
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
@@ -53,20 +70,42 @@ class Job:
     error: str | None = None
     fingerprint: str | None = None
     idempotency_key: str | None = None
-    # Kept for records written before every engine reported real steps; always False now.
-    estimated_progress: bool = False
-    # What a running job is doing: encoding_prompt, encoding_image, denoising, decoding,
-    # encoding_video (as reported by the engine).
-    stage: str | None = None
+    # Times a generator was given this job (a job whose generator died is retried once).
+    attempts: int = 0
     # For cancelled jobs: the step seen when the cancel arrived and the step the engine stopped at.
     cancellation: dict[str, Any] | None = None
+    # Kept for records written when fastvideo progress was estimated; always False now.
+    estimated_progress: bool = False
+    seq: int = 0  # queue order (the table's row number)
 
     @property
     def done(self) -> bool:
         return self.status in FINAL_STATES
 
+    def to(self, status: JobStatus, **changes: Any) -> Job:
+        """This job in a new state (progress changes keep the state)."""
+        if status != self.status and status not in MOVES.get(self.status, ()):
+            raise InvalidTransition(f"job {self.id}: {self.status} -> {status}")
+        now = time.time()
+        if status in FINAL_STATES and status != self.status:
+            changes.setdefault("finished_at", now)
+        if status == "in_progress" and self.status == "queued":
+            changes.setdefault("started_at", now)
+            changes.setdefault("attempts", self.attempts + 1)
+            changes.setdefault("stage", "starting")
+        if status == "queued" and self.status == "in_progress":
+            changes.update(step=0, stage=None, started_at=None)
+        return replace(self, status=status, **changes)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        data = dict(data)
+        data["params"] = SamplingParams.from_dict(data["params"])
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 SCHEMA = """
@@ -79,86 +118,91 @@ CREATE TABLE IF NOT EXISTS jobs (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_fingerprint ON jobs (fingerprint, status);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 """
 
 
 class JobStore:
-    """Durable job table with a way to wait for a job to finish."""
+    """The durable job table, an in-memory mirror of unfinished jobs, and waiting for one."""
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # With WAL, NORMAL syncs at checkpoints rather than at every commit: a crash of the
+        # process loses nothing; only a power cut can lose the last commits. One fsync per job
+        # state change made a burst of submits wait on the disk.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
         self._active: dict[str, Job] = {}
         self._finished: dict[str, asyncio.Event] = {}
-        self._fail_interrupted()
+        rows = self._db.execute("SELECT seq, data FROM jobs WHERE status IN "
+                                "('queued', 'in_progress') ORDER BY seq").fetchall()
+        for seq, data in rows:
+            job = replace(Job.from_dict(json.loads(data)), seq=seq)
+            self._active[job.id] = job
 
-    def _fail_interrupted(self) -> None:
-        """Jobs left running by a previous process cannot finish: mark them failed."""
-        rows = self._db.execute(
-            "SELECT data FROM jobs WHERE status IN ('queued', 'in_progress')").fetchall()
-        for (data,) in rows:
-            job = Job(**json.loads(data))
-            job.status, job.finished_at = "failed", time.time()
-            job.error = "the backend restarted before this job finished; submit it again"
-            self._write(job)
-
-    def _write(self, job: Job) -> None:
+    def _write(self, job: Job) -> int:
         with self._lock:
-            self._db.execute(
+            cursor = self._db.execute(
                 "INSERT INTO jobs (id, status, fingerprint, idempotency_key, data) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET status=excluded.status, "
                 "data=excluded.data",
                 (job.id, job.status, job.fingerprint, job.idempotency_key,
                  json.dumps(job.to_dict())),
             )
+            return cursor.lastrowid or 0
 
     def add(self, job: Job) -> Job:
-        self._write(job)
+        job = replace(job, seq=self._write(job))
         self._active[job.id] = job
-        self._finished[job.id] = asyncio.Event()
         return job
 
-    def _one(self, sql: str, *args: Any) -> Job | None:
-        with self._lock:
-            row = self._db.execute(sql, args).fetchone()
-        return Job(**json.loads(row[0])) if row else None
-
-    def get(self, job_id: str) -> Job | None:
-        return self._active.get(job_id) or self._one("SELECT data FROM jobs WHERE id = ?", job_id)
-
-    def by_idempotency_key(self, key: str) -> Job | None:
-        job = self._one("SELECT data FROM jobs WHERE idempotency_key = ?", key)
-        return self.get(job.id) if job else None
-
-    def completed_with_fingerprint(self, fingerprint: str) -> Job | None:
-        return self._one("SELECT data FROM jobs WHERE fingerprint = ? AND status = 'completed' "
-                         "ORDER BY seq DESC LIMIT 1", fingerprint)
-
-    def active(self) -> list[Job]:
-        return sorted(self._active.values(), key=lambda j: j.created_at)
-
-    def update(self, job: Job, **changes: Any) -> None:
-        """Change a job; state changes are written to disk, progress stays in memory."""
-        status_before = job.status
-        for key, value in changes.items():
-            setattr(job, key, value)
-        if job.status != status_before or "result" in changes:
+    def put(self, job: Job) -> Job:
+        """Record a job's new version; state changes and results are written to disk."""
+        before = self._active.get(job.id)
+        if before is None or before.status != job.status or before.result != job.result:
             self._write(job)
         if job.done:
             self._active.pop(job.id, None)
             event = self._finished.pop(job.id, None)
             if event:
                 event.set()
+        else:
+            self._active[job.id] = job
+        return job
+
+    def _one(self, sql: str, *args: Any) -> Job | None:
+        with self._lock:
+            row = self._db.execute(sql, args).fetchone()
+        return replace(Job.from_dict(json.loads(row[1])), seq=row[0]) if row else None
+
+    def get(self, job_id: str) -> Job | None:
+        return self._active.get(job_id) or self._one(
+            "SELECT seq, data FROM jobs WHERE id = ?", job_id)
+
+    def by_idempotency_key(self, key: str) -> Job | None:
+        job = self._one("SELECT seq, data FROM jobs WHERE idempotency_key = ?", key)
+        return self.get(job.id) if job else None
+
+    def completed_with_fingerprint(self, fingerprint: str) -> Job | None:
+        return self._one("SELECT seq, data FROM jobs WHERE fingerprint = ? AND "
+                         "status = 'completed' ORDER BY seq DESC LIMIT 1", fingerprint)
+
+    def active(self) -> list[Job]:
+        """Unfinished jobs in queue order."""
+        return sorted(self._active.values(), key=lambda j: j.seq)
 
     async def wait(self, job_id: str, timeout: float | None) -> Job:
-        event = self._finished.get(job_id)
-        if event is not None:
-            await asyncio.wait_for(event.wait(), timeout)
+        """The job once it is finished (TimeoutError after ``timeout``)."""
         job = self.get(job_id)
-        assert job is not None
+        if job is not None and not job.done:
+            event = self._finished.setdefault(job_id, asyncio.Event())
+            await asyncio.wait_for(event.wait(), timeout)
+            job = self.get(job_id)
+        if job is None:
+            raise KeyError(job_id)
         return job
 
     def delete(self, job_id: str) -> None:
@@ -174,9 +218,10 @@ class JobStore:
             args.append(after)
         with self._lock:
             rows = self._db.execute(
-                f"SELECT id, data FROM jobs {where} ORDER BY seq {direction} LIMIT ?",
+                f"SELECT seq, id, data FROM jobs {where} ORDER BY seq {direction} LIMIT ?",
                 (*args, limit + 1)).fetchall()
-        jobs = [self._active.get(i) or Job(**json.loads(d)) for i, d in rows[:limit]]
+        jobs = [self._active.get(i) or replace(Job.from_dict(json.loads(d)), seq=s)
+                for s, i, d in rows[:limit]]
         return jobs, len(rows) > limit
 
     def close(self) -> None:

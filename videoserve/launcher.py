@@ -68,9 +68,11 @@ class Managed:
         return self.proc.poll() is None
 
     def stop(self, grace_s: float = 45.0) -> None:
-        """SIGINT (clean shutdown), then SIGKILL of the whole group after ``grace_s``."""
+        """SIGINT to the process (it drains and shuts down), then SIGKILL of its whole group
+        after ``grace_s``. Only the leader is signalled first: Ray's processes in the group must
+        stay up while the backend drains."""
         if self.alive():
-            os.killpg(self.proc.pid, signal.SIGINT)
+            self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:

@@ -104,6 +104,7 @@ class GenerateVideoResponse(BaseModel):
     encoding_time: float
     total_time: float
     queue_time: float
+    attempts: int = 1
     cached: bool = False
 
 

@@ -1,7 +1,8 @@
-"""The ingress's logic: turn a request into a job, run it on a generator, store the result.
+"""The ingress's facade: the few verbs the routes call (submit, get, list, cancel, delete,
+content, generate, drain), over request resolution (here), the job runner
+(``videoserve.runner``) and the job files (``videoserve.storage``).
 
-It knows nothing about Ray: generators are reached through ``dispatch(task, item)``, which
-yields the generator's events (see ``videoserve.worker``).
+It knows nothing about Ray: generators are reached through ``dispatch(task, item)``.
 """
 
 from __future__ import annotations
@@ -10,10 +11,7 @@ import asyncio
 import hashlib
 import json
 import logging
-import secrets
-import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,71 +19,18 @@ from typing import Any
 from videoserve.config import ModelSpec, Settings, Task
 from videoserve.errors import ApiError
 from videoserve.jobs import Job, JobStore, new_job_id
-from videoserve.media import (
-    MediaError,
-    decode_base64,
-    decode_image,
-    fit_image,
-    image_to_png,
-    write_atomic,
-)
-from videoserve.schemas import SEED_MAX, GenerateVideoRequest
-from videoserve.worker import WorkItem
+from videoserve.media import MediaError, decode_base64, decode_image, fit_image, image_to_png
+from videoserve.protocol import Result, SamplingParams, resolve
+from videoserve.runner import Capacity, Dispatch, JobRunner, RequestCancel
+from videoserve.schemas import GenerateVideoRequest
+from videoserve.storage import VideoFiles
 
 log = logging.getLogger(__name__)
-
-Dispatch = Callable[[Task, WorkItem], AsyncIterator[dict[str, Any]]]
-# Asks the generator replica running a job to stop it at its next step.
-RequestCancel = Callable[[str], Awaitable[None]]
-SAMPLING_FIELDS = (
-    "guidance_scale",
-    "num_frames",
-    "height",
-    "width",
-    "num_inference_steps",
-    "fps",
-)
-
 
 def select_task(request: GenerateVideoRequest) -> Task:
     if request.model_type is not None:
         return request.model_type
     return "i2v" if request.has_image else "t2v"
-
-
-def apply_defaults(request: GenerateVideoRequest, spec: ModelSpec) -> dict[str, Any]:
-    """Resolved sampling parameters, checked against the model's limits (422 names the field)."""
-    params: dict[str, Any] = {
-        name: getattr(request, name) if getattr(request, name) is not None
-        else getattr(spec.defaults, name)
-        for name in SAMPLING_FIELDS
-    }
-    params["negative_prompt"] = (
-        request.negative_prompt if request.negative_prompt is not None
-        else spec.defaults.negative_prompt
-    )
-    if request.randomize_seed or request.seed is None:
-        params["seed"] = secrets.randbelow(SEED_MAX + 1)
-    else:
-        params["seed"] = request.seed
-    limits = spec.limits
-    checks = [
-        ("height", params["height"] <= limits.max_height, f"at most {limits.max_height}"),
-        ("width", params["width"] <= limits.max_width, f"at most {limits.max_width}"),
-        ("width", params["height"] * params["width"] <= limits.max_pixels,
-         f"height x width must be at most {limits.max_pixels} pixels"),
-        ("num_frames", params["num_frames"] <= limits.max_frames, f"at most {limits.max_frames}"),
-        ("num_inference_steps", params["num_inference_steps"] <= limits.max_steps,
-         f"at most {limits.max_steps}"),
-        ("guidance_scale", params["guidance_scale"] <= limits.max_guidance_scale,
-         f"at most {limits.max_guidance_scale}"),
-        ("fps", params["fps"] <= limits.max_fps, f"at most {limits.max_fps}"),
-    ]
-    for name, ok, rule in checks:
-        if not ok:
-            raise ApiError(422, f"{name}: {rule} for model {spec.model}", param=name,
-                           code="out_of_range")
-    return params
 
 
 def sandboxed_path(root: Path, image_path: str) -> Path:
@@ -104,38 +49,42 @@ def sandboxed_path(root: Path, image_path: str) -> Path:
     return resolved
 
 
-@dataclass
+@dataclass(frozen=True)
 class Prepared:
     """A validated request, resolved against its model and ready to queue."""
 
     task: Task
     spec: ModelSpec
-    prompt: str
-    params: dict[str, Any]
+    params: SamplingParams
     image_png: bytes | None
     fingerprint: str | None  # set only for explicit seeds: those results can be reused
 
 
-def fingerprint(task: Task, spec: ModelSpec, prompt: str, params: dict[str, Any],
+def fingerprint(task: Task, spec: ModelSpec, params: SamplingParams,
                 image_png: bytes | None) -> str:
     digest = hashlib.sha256(image_png).hexdigest() if image_png else None
-    key = json.dumps([task, spec.model, spec.engine, prompt, params, digest], sort_keys=True)
+    key = json.dumps([task, spec.model, spec.engine, params.to_dict(), digest], sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()
 
 
 class VideoService:
-    """Validates requests, runs them as jobs on the generators and stores their videos."""
+    """Validates requests, queues them as jobs and answers for them."""
 
-    def __init__(self, settings: Settings, dispatch: Dispatch,
+    def __init__(self, settings: Settings, dispatch: Dispatch, capacity: Capacity,
                  request_cancel: RequestCancel | None = None):
         self.settings = settings
-        self.dispatch = dispatch
-        self.request_cancel = request_cancel
-        settings.videos_dir.mkdir(parents=True, exist_ok=True)
         settings.inputs_dir.mkdir(parents=True, exist_ok=True)
+        self.files = VideoFiles(settings.videos_dir)
         self.jobs = JobStore(settings.output_path / "jobs.sqlite3")
-        self._runners: dict[str, asyncio.Task] = {}
-        self._streams: dict[str, Any] = {}
+        self.runner = JobRunner(self.jobs, dispatch, capacity, self.files.load_input,
+                                self._save_result, request_cancel)
+        self.draining = False
+        self._drained = asyncio.Event()
+        self._waiting: set[str] = set()  # jobs a synchronous request is waiting for
+
+    def start(self) -> None:
+        """Recover unfinished jobs and start dispatching (call on the event loop)."""
+        self.runner.start(tuple(self.settings.models))
 
     def spec_for(self, task: Task) -> ModelSpec:
         spec = self.settings.models.get(task)
@@ -145,7 +94,7 @@ class VideoService:
                            param="model_type", code="model_not_found")
         return spec
 
-    async def prepare_image(self, request: GenerateVideoRequest, params: dict) -> bytes:
+    async def prepare_image(self, request: GenerateVideoRequest, params: SamplingParams) -> bytes:
         if request.image and request.image_path:
             raise ApiError(422, "give either image or image_path, not both", param="image")
         if request.image_path:
@@ -156,7 +105,7 @@ class VideoService:
         try:
             data = data if data is not None else decode_base64(request.image or "")
             image = await asyncio.to_thread(decode_image, data, self.settings.max_image_pixels)
-            fitted = fit_image(image, params["width"], params["height"])
+            fitted = fit_image(image, params.width, params.height)
             return await asyncio.to_thread(image_to_png, fitted)
         except MediaError as exc:
             raise ApiError(422, f"{param}: {exc}", param=param, code="invalid_image") from exc
@@ -171,11 +120,11 @@ class VideoService:
         if task == "i2v" and not request.has_image:
             raise ApiError(422, "image-to-video needs an image: send image (base64 or data URL) "
                            "or image_path", param="image", code="image_required")
-        params = apply_defaults(request, spec)
+        params = resolve(request, spec)
         image_png = await self.prepare_image(request, params) if task == "i2v" else None
         explicit_seed = request.seed is not None and not request.randomize_seed
-        key = fingerprint(task, spec, request.prompt, params, image_png) if explicit_seed else None
-        return Prepared(task, spec, request.prompt, params, image_png, key)
+        key = fingerprint(task, spec, params, image_png) if explicit_seed else None
+        return Prepared(task, spec, params, image_png, key)
 
     def enqueue(self, prepared: Prepared, idempotency_key: str | None = None) -> tuple[Job, bool]:
         """Queue a prepared request; (job, cached). A cached job is an earlier identical one."""
@@ -185,133 +134,65 @@ class VideoService:
                 return earlier, False
         if prepared.fingerprint:
             earlier = self.jobs.completed_with_fingerprint(prepared.fingerprint)
-            if earlier is not None and self.video_file(earlier.id).is_file():
+            if earlier is not None and self.files.video(earlier.id).is_file():
                 return earlier, True
         task, spec = prepared.task, prepared.spec
-        waiting = sum(1 for j in self.jobs.active() if j.task == task)
-        if waiting >= spec.max_queued_requests + spec.replicas * spec.max_ongoing_requests:
-            raise ApiError(503, f"the {task} queue is full ({waiting} jobs); retry later",
-                           type="server_error", code="queue_full", headers={"Retry-After": "5"})
+        if self.draining:
+            raise ApiError(503, "the backend is shutting down; retry after it restarts",
+                           type="server_error", code="shutting_down",
+                           headers={"Retry-After": "30"})
+        self.runner.admit(task, spec.max_queued_requests)
         job = Job(id=new_job_id(), task=task, model=spec.model, engine=spec.engine,
-                  synthetic=spec.synthetic, params={"prompt": prepared.prompt, **prepared.params},
-                  total_steps=prepared.params["num_inference_steps"],
+                  synthetic=spec.synthetic, params=prepared.params,
+                  total_steps=prepared.params.num_inference_steps,
                   fingerprint=prepared.fingerprint, idempotency_key=idempotency_key)
-        self.jobs.add(job)
-        item = WorkItem(job_id=job.id, params={"prompt": prepared.prompt, **prepared.params},
-                        image_png=prepared.image_png)
-        self._runners[job.id] = asyncio.create_task(self._run(job, item))
+        if prepared.image_png is not None:
+            self.files.save_input(job.id, prepared.image_png)
+        job = self.jobs.add(job)
+        self.runner.wake(task)
         return job, False
+
+    def enqueue_batch(self, prepared: list[Prepared]) -> list[Job]:
+        """Queue all of them or none (429 when a task's queue has no room for its share)."""
+        for task in {p.task for p in prepared}:
+            share = sum(1 for p in prepared if p.task == task)
+            self.runner.admit(task, self.spec_for(task).max_queued_requests, share)
+        return [self.enqueue(p)[0] for p in prepared]
 
     async def submit(self, request: GenerateVideoRequest,
                      idempotency_key: str | None = None) -> tuple[Job, bool]:
         return self.enqueue(await self.prepare(request), idempotency_key)
 
-    async def _run(self, job: Job, item: WorkItem) -> None:
-        try:
-            stream = self._streams[job.id] = self.dispatch(job.task, item)
-            async for event in stream:
-                await self._on_event(job, event)
-        except asyncio.CancelledError:
-            pass
-        except Exception as exc:  # noqa: BLE001 - the replica died or could not be reached
-            if not job.done:
-                log.exception("job %s lost its generator", job.id)
-                self.jobs.update(job, status="failed", error=f"generator unavailable: {exc}",
-                                 finished_at=time.time())
-        finally:
-            self._streams.pop(job.id, None)
-            self._runners.pop(job.id, None)
-        if not job.done:
-            self.jobs.update(job, status="failed", error="generator ended without a result",
-                             finished_at=time.time())
+    def get(self, job_id: str) -> Job | None:
+        return self.jobs.get(job_id)
 
-    async def _on_event(self, job: Job, event: dict[str, Any]) -> None:
-        kind = event["type"]
-        if job.done:
-            return  # cancelled while the event was on its way
-        if kind == "started":
-            self.jobs.update(job, status="in_progress", started_at=time.time())
-        elif kind == "progress":
-            self.jobs.update(job, step=max(job.step, event["step"]),
-                             total_steps=event["total_steps"], stage=event.get("stage"))
-        elif kind == "result":
-            result = await asyncio.to_thread(self._store_result, job, event)
-            self.jobs.update(job, status="completed", result=result, step=job.total_steps,
-                             finished_at=time.time())
-        elif kind == "cancelled":
-            detail = {k: event.get(k) for k in ("cancel_received_at_step", "stopped_at_step",
-                                                "stopped_in_stage")}
-            self.jobs.update(job, status="cancelled", finished_at=time.time(),
-                             cancellation={**(job.cancellation or {}), **detail})
-        elif kind == "error":
-            self.jobs.update(job, status="failed", error=event["message"], finished_at=time.time())
-
-    async def cancel(self, job: Job, wait_s: float = 10.0) -> Job:
-        """Cancel a queued job at once; ask a running one to stop and wait a little for it."""
-        requested = {"requested_at": time.time(), "requested_at_step": job.step}
-        if job.status == "queued":
-            self.jobs.update(job, status="cancelled", finished_at=time.time(),
-                             cancellation=requested)
-            stream = self._streams.get(job.id)
-            if stream is not None and hasattr(stream, "cancel"):
-                stream.cancel()  # never reaches (or is dropped by) a generator
-            runner = self._runners.get(job.id)
-            if runner is not None:
-                runner.cancel()
-            return job
-        if job.status == "in_progress" and self.request_cancel is not None:
-            self.jobs.update(job, cancellation=requested)
-            await self.request_cancel(job.id)
-            try:
-                return await self.jobs.wait(job.id, wait_s)
-            except TimeoutError:
-                return job
-        return job
-
-    def delete_files(self, job: Job) -> None:
-        folder = self.settings.videos_dir / job.id
-        if folder.is_dir():
-            shutil.rmtree(folder)
-        self.jobs.delete(job.id)
+    def page(self, limit: int, after: str | None, order: str) -> tuple[list[Job], bool]:
+        return self.jobs.page(limit, after, order)
 
     def queue_position(self, job: Job) -> int | None:
-        if job.status != "queued":
-            return None
-        queued = [j.id for j in self.jobs.active() if j.task == job.task and j.status == "queued"]
-        return queued.index(job.id) if job.id in queued else None
+        return self.runner.queue_position(job)
+
+    async def cancel(self, job: Job, wait_s: float = 10.0) -> Job:
+        return await self.runner.cancel(job.id, wait_s) or job
+
+    def delete_files(self, job: Job) -> None:
+        self.files.delete(job.id)
+        self.jobs.delete(job.id)
 
     def video_file(self, job_id: str) -> Path:
-        return self.settings.videos_dir / job_id / "video.mp4"
+        return self.files.video(job_id)
 
-    def _store_result(self, job: Job, event: dict[str, Any]) -> dict[str, Any]:
-        path = self.video_file(job.id)
-        write_atomic(path, event["mp4"])
-        finished = time.time()
-        started = job.started_at or job.created_at
-        result = {
-            "output_path": str(path.resolve()),
-            "video_url": f"/videos/{job.id}/video.mp4",
-            "num_frames": event["num_frames"],
-            "height": event["height"],
-            "width": event["width"],
-            "inference_time": round(event["inference_time"], 4),
-            "encoding_time": round(event["encoding_time"], 4),
-            "queue_time": round(started - job.created_at, 4),
-            "total_time": round(finished - job.created_at, 4),
-        }
-        record = {**job.to_dict(), "status": "completed", "result": result}
-        write_atomic(path.parent / "record.json", json.dumps(record, indent=2).encode())
-        return result
+    def _save_result(self, job: Job, result: Result) -> dict[str, Any]:
+        return self.files.save_result(job, result, f"/videos/{job.id}/video.mp4")
 
     async def generate(self, request: GenerateVideoRequest) -> dict[str, Any]:
         """Submit a job and wait for it: the synchronous route's behaviour."""
         job, cached = await self.submit(request)
+        self._waiting.add(job.id)
         try:
-            job = await self.jobs.wait(job.id, self.settings.request_timeout_s)
-        except TimeoutError as exc:
-            raise ApiError(504, f"job {job.id} did not finish within "
-                           f"{self.settings.request_timeout_s:.0f}s; it keeps running",
-                           type="server_error", code="timeout") from exc
+            job = await self._wait_or_drain(job.id)
+        finally:
+            self._waiting.discard(job.id)
         if job.status == "failed":
             raise ApiError(500, f"generation failed: {job.error}", type="server_error",
                            code="generation_failed")
@@ -319,11 +200,42 @@ class VideoService:
             raise ApiError(409, f"job {job.id} was cancelled", code="cancelled")
         return {**self.response_body(job), "cached": cached}
 
+    async def _wait_or_drain(self, job_id: str) -> Job:
+        waiter = asyncio.ensure_future(self.jobs.wait(job_id, self.settings.request_timeout_s))
+        drained = asyncio.ensure_future(self._drained.wait())
+        try:
+            await asyncio.wait({waiter, drained}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            drained.cancel()
+        if waiter.done():
+            try:
+                return waiter.result()
+            except TimeoutError as exc:
+                raise ApiError(504, f"job {job_id} did not finish within "
+                               f"{self.settings.request_timeout_s:.0f}s; it keeps running",
+                               type="server_error", code="timeout") from exc
+        waiter.cancel()
+        raise ApiError(503, f"the backend is shutting down; job {job_id} is kept and runs after "
+                       f"the restart (GET /v1/videos/{job_id})", type="server_error",
+                       code="shutting_down", headers={"Retry-After": "30"})
+
+    async def drain(self, timeout_s: float) -> dict[str, int]:
+        """Stop accepting work; give synchronous requests up to ``timeout_s`` to finish, then
+        answer the rest with a 503 naming their job; stop dispatching. Jobs keep their state."""
+        self.draining = True
+        deadline = time.monotonic() + timeout_s
+        while self._waiting and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        left = len(self._waiting)
+        self.runner.stop()
+        self._drained.set()
+        await asyncio.sleep(0.2)  # let the answered requests go out
+        return {"answered_503": left}
+
     @staticmethod
     def response_body(job: Job) -> dict[str, Any]:
         if job.result is None:
             raise ApiError(409, f"job {job.id} has no result", code="not_completed")
-        params = job.params
         return {
             "id": job.id,
             "video_id": job.id,
@@ -332,7 +244,7 @@ class VideoService:
             "model": job.model,
             "engine": job.engine,
             "synthetic": job.synthetic,
-            **{k: params[k] for k in ("prompt", "negative_prompt", "seed", "fps",
-                                      "num_inference_steps", "guidance_scale")},
-            **job.result,
+            "attempts": job.attempts,
+            **job.params.to_dict(),
+            **job.result,  # frames and size as decoded
         }

@@ -87,9 +87,10 @@ def _advanced(prefix: str) -> list[gr.components.Component]:
             guidance = gr.Slider(0, lim["max_guidance_scale"], value=d["guidance_scale"],
                                  step=0.5, label="Guidance scale")
         with gr.Row():
-            frames = gr.Slider(1, lim["max_frames"], value=d["num_frames"], step=4,
+            frames = gr.Slider(1, lim["max_num_frames"], value=d["num_frames"], step=4,
                                label="Frames (4k+1)", elem_id=f"{prefix}-frames")
-            steps = gr.Slider(1, lim["max_steps"], value=d["num_inference_steps"], step=1,
+            steps = gr.Slider(1, lim["max_num_inference_steps"], value=d["num_inference_steps"],
+                              step=1,
                               label="Inference steps", elem_id=f"{prefix}-steps")
         with gr.Row():
             height = gr.Slider(16, lim["max_height"], value=d["height"], step=16,

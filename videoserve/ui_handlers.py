@@ -16,7 +16,8 @@ from videoserve.client import BackendError, VideoClient
 FALLBACK = {
     "defaults": {"height": 480, "width": 832, "num_frames": 81, "num_inference_steps": 40,
                  "guidance_scale": 5.0, "fps": 16, "negative_prompt": ""},
-    "limits": {"max_height": 832, "max_width": 832, "max_frames": 81, "max_steps": 50,
+    "limits": {"max_height": 832, "max_width": 832, "max_num_frames": 81,
+               "max_num_inference_steps": 50,
                "max_guidance_scale": 20.0},
 }
 HISTORY_COLUMNS = ["id", "created", "type", "status", "prompt", "seed", "size", "frames",
@@ -88,10 +89,10 @@ class Handlers:
         return [
             gr.update(value=d.get("negative_prompt", "")),
             gr.update(value=d["guidance_scale"], maximum=lim["max_guidance_scale"]),
-            gr.update(value=d["num_frames"], maximum=lim["max_frames"]),
+            gr.update(value=d["num_frames"], maximum=lim["max_num_frames"]),
             gr.update(value=d["height"], maximum=lim["max_height"]),
             gr.update(value=d["width"], maximum=lim["max_width"]),
-            gr.update(value=d["num_inference_steps"], maximum=lim["max_steps"]),
+            gr.update(value=d["num_inference_steps"], maximum=lim["max_num_inference_steps"]),
         ]
 
     def _save(self, job_id: str) -> str:

@@ -124,6 +124,8 @@ def video_object(job: Job, queue_position: int | None = None,
     if job.status in ("failed", "cancelled"):
         code = "generation_failed" if job.status == "failed" else "cancelled"
         error = {"code": code, "message": job.error or f"the job was {job.status}"}
+    elif job.error:  # a retried job says why it was retried
+        error = {"code": "retried", "message": job.error}
     return {
         "id": job.id,
         "object": "video",
@@ -134,11 +136,10 @@ def video_object(job: Job, queue_position: int | None = None,
         "model_type": job.task,
         "engine": job.engine,
         "synthetic": job.synthetic,
-        "prompt": p["prompt"],
-        "size": f"{p['width']}x{p['height']}",
-        "seconds": f"{p['num_frames'] / p['fps']:.3g}",
-        **{k: p[k] for k in ("negative_prompt", "seed", "num_frames", "height", "width", "fps",
-                             "num_inference_steps", "guidance_scale")},
+        "size": f"{p.width}x{p.height}",
+        "seconds": f"{p.num_frames / p.fps:.3g}",
+        **p.to_dict(),
+        "attempts": job.attempts,
         "created_at": int(job.created_at),
         "completed_at": int(job.finished_at) if job.status == "completed" and job.finished_at
         else None,

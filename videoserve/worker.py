@@ -22,6 +22,15 @@ from typing import Any, Protocol
 from videoserve.config import ModelSpec
 from videoserve.engines import GenerationCancelled, GenerationParams, create_engine
 from videoserve.media import png_to_image
+from videoserve.protocol import (
+    Cancelled,
+    Event,
+    Failed,
+    Progress,
+    Result,
+    Started,
+    WorkItem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,27 +41,20 @@ class CancelSignal(Protocol):
     """Where the ingress's cancel requests for running jobs arrive."""
 
     async def wait(self, job_id: str) -> bool:
-        """True when ``job_id`` is cancelled; False once released."""
+        """True when ``job_id`` is cancelled; False once released. Raises when the ingress that
+        owns the job is gone (its result has nobody to go to)."""
 
     async def release(self, job_id: str) -> None: ...
 
 
-@dataclass(frozen=True)
-class WorkItem:
-    """One generation as sent from the ingress to a generator replica."""
+@dataclass
+class _Run:
+    """Where one generation has got to (written by the engine thread, read on cancel)."""
 
-    job_id: str
-    # Every GenerationParams field but the image, which travels as PNG bytes.
-    params: dict[str, Any]
-    image_png: bytes | None = None
-
-    @property
-    def fps(self) -> int:
-        return self.params["fps"]
-
-    def to_params(self) -> GenerationParams:
-        image = png_to_image(self.image_png) if self.image_png else None
-        return GenerationParams(**self.params, image=image)
+    step: int = 0
+    stage: str | None = None
+    cancel_received_at: int | None = None
+    orphaned: bool = False
 
 
 class GeneratorWorker:
@@ -63,6 +65,8 @@ class GeneratorWorker:
         self.spec = spec
         self.cancel_signal = cancel_signal
         self.generations = 0
+        self.orphans_stopped = 0  # jobs stopped because their ingress was gone
+        self.last_orphan: dict[str, Any] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{spec.task}-engine")
         start = time.perf_counter()
         self.engine = self._executor.submit(engine_factory, spec).result()
@@ -77,19 +81,21 @@ class GeneratorWorker:
     def info(self) -> dict[str, Any]:
         stats = getattr(self.engine, "stats", dict)()
         return {**self.spec.describe(), "load_time": round(self.load_time, 3), "pid": os.getpid(),
-                "generations": self.generations, **stats}
+                "generations": self.generations, "orphans_stopped": self.orphans_stopped,
+                "last_orphan": self.last_orphan,
+                **stats}
 
-    async def run(self, item: WorkItem) -> AsyncIterator[dict[str, Any]]:
+    async def run(self, item: WorkItem) -> AsyncIterator[Event]:
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        events: asyncio.Queue[Event | None] = asyncio.Queue()
         cancel = threading.Event()
 
-        def emit(event: dict[str, Any] | None) -> None:
+        def emit(event: Event | None) -> None:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
-        reached = {"step": 0, "stage": None, "cancel_received_at": None}
-        self._executor.submit(self._generate, item, emit, cancel, reached)
-        watcher = asyncio.create_task(self._watch_cancel(item.job_id, cancel, reached))
+        run = _Run()
+        self._executor.submit(self._generate, item, emit, cancel, run)
+        watcher = asyncio.create_task(self._watch_cancel(item.job_id, cancel, run))
         try:
             while (event := await events.get()) is not None:
                 yield event
@@ -98,49 +104,57 @@ class GeneratorWorker:
             cancel.set()
             watcher.cancel()
             if self.cancel_signal is not None:
-                asyncio.ensure_future(self.cancel_signal.release(item.job_id))
+                asyncio.ensure_future(self._release(item.job_id))
 
-    async def _watch_cancel(self, job_id: str, cancel: threading.Event, reached: dict) -> None:
+    async def _release(self, job_id: str) -> None:
+        try:
+            await self.cancel_signal.release(job_id)
+        except Exception:  # noqa: BLE001 - the board went with its ingress; nothing to release
+            pass
+
+    async def _watch_cancel(self, job_id: str, cancel: threading.Event, run: _Run) -> None:
         if self.cancel_signal is None:
             return
         try:
             if await self.cancel_signal.wait(job_id):
-                reached["cancel_received_at"] = reached["step"]
+                run.cancel_received_at = run.step
                 cancel.set()
-        except Exception:  # noqa: BLE001 - a lost cancel board must not fail the job
-            log.warning("cancel board unreachable; job %s can only be dropped", job_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the ingress that owns this job is gone
+            log.warning("job %s: its ingress is gone; stopping it at the next step", job_id)
+            run.orphaned = True
+            run.cancel_received_at = run.step
+            self.orphans_stopped += 1
+            cancel.set()
 
-    def _generate(self, item: WorkItem, emit: Callable, cancel: threading.Event,
-                  reached: dict[str, Any]) -> None:
+    def _generate(self, item: WorkItem, emit: Callable[[Event | None], None],
+                  cancel: threading.Event, run: _Run) -> None:
         try:
             if cancel.is_set():
-                emit({"type": "cancelled"})
+                emit(Cancelled(0, None, None))
                 return
-            emit({"type": "started", "time": time.time()})
-            params = item.to_params()
+            emit(Started())
+            image = png_to_image(item.image_png) if item.image_png else None
+            params = GenerationParams(**item.params.to_dict(), image=image)
 
             def progress(stage: str, step: int, total: int) -> None:
-                reached["step"], reached["stage"] = step, stage
-                emit({"type": "progress", "stage": stage, "step": step, "total_steps": total})
+                run.step, run.stage = step, stage
+                emit(Progress(stage, step, total))
 
             self.generations += 1
             output = self.engine.generate(params, progress, cancel.is_set)
-            emit({
-                "type": "result",
-                "mp4": output.mp4,
-                "num_frames": output.num_frames,
-                "height": output.height,
-                "width": output.width,
-                "inference_time": output.inference_time,
-                "encoding_time": output.encoding_time,
-            })
+            emit(Result(output.mp4, output.num_frames, output.height, output.width,
+                        output.inference_time, output.encoding_time))
         except GenerationCancelled:
-            emit({"type": "cancelled", "stopped_at_step": reached["step"],
-                  "stopped_in_stage": reached["stage"],
-                  "cancel_received_at_step": reached["cancel_received_at"]})
+            if run.orphaned:
+                self.last_orphan = {"job_id": item.job_id, "stopped_at_step": run.step,
+                                    "noticed_at_step": run.cancel_received_at}
+            emit(Cancelled(run.step, run.stage, run.cancel_received_at,
+                           "orphaned" if run.orphaned else "cancelled"))
         except Exception as exc:  # noqa: BLE001 - reported to the client; the replica lives on
             log.exception("generation %s failed", item.job_id)
-            emit({"type": "error", "message": f"{type(exc).__name__}: {exc}"})
+            emit(Failed(f"{type(exc).__name__}: {exc}"))
         finally:
             emit(None)
 

@@ -17,7 +17,7 @@ import requests
 from tests.helpers import fetch_video, png_b64
 from tests.integration.faults import FAIL_MARKER, crash_fastvideo_worker
 from videoserve.config import Settings, build_specs
-from videoserve.worker import WorkItem
+from videoserve.protocol import Progress, Result, SamplingParams, WorkItem
 
 pytestmark = pytest.mark.fastvideo
 
@@ -96,17 +96,18 @@ def test_every_step_and_stage_is_reported(fastvideo_backend):
                   num_frames=9, height=64, width=64, num_inference_steps=6, fps=8)
     from tests.helpers import png_bytes
 
-    item = WorkItem(job_id="video_" + "ab" * 12, params=params, image_png=png_bytes(64, 64))
+    item = WorkItem(job_id="video_" + "ab" * 12, params=SamplingParams(**params),
+                    image_png=png_bytes(64, 64))
     events = list(i2v.options(stream=True).run.remote(item))
-    progress = [e for e in events if e["type"] == "progress"]
-    steps = [e["step"] for e in progress if e["stage"] == "denoising" and e["step"] > 0]
+    progress = [e for e in events if isinstance(e, Progress)]
+    steps = [e.step for e in progress if e.stage == "denoising" and e.step > 0]
     assert steps == [1, 2, 3, 4, 5, 6]
-    assert {e["total_steps"] for e in progress if e["stage"] == "denoising"} == {6}
-    stages = [e["stage"] for e in progress]
+    assert {e.total_steps for e in progress if e.stage == "denoising"} == {6}
+    stages = [e.stage for e in progress]
     first = [s for i, s in enumerate(stages) if s not in stages[:i]]
     assert first == ["encoding_prompt", "encoding_image", "denoising", "decoding",
                      "encoding_video"]
-    assert events[-1]["type"] == "result" and events[-1]["num_frames"] == 9
+    assert isinstance(events[-1], Result) and events[-1].num_frames == 9
 
 
 def test_job_progress_is_real(fastvideo_backend):

@@ -63,7 +63,7 @@ def test_health_ready_and_models(backend):
     assert {m["state"] for m in ready.json()["models"].values()} == {"RUNNING"}
     models = {m["task"]: m for m in requests.get(url + "/v1/models", timeout=10).json()["data"]}
     assert models["t2v"]["defaults"]["num_frames"] == 9 and models["i2v"]["synthetic"] is True
-    assert models["t2v"]["limits"]["max_frames"] == 81
+    assert models["t2v"]["limits"]["max_num_frames"] == 81
     assert requests.get(url + "/docs", timeout=10).status_code == 200
 
 

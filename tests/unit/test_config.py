@@ -9,7 +9,7 @@ def test_tiny_preset_runs_on_cpu_with_diffusers():
     for spec in specs.values():
         assert spec.engine == "diffusers" and spec.device == "cpu" and spec.synthetic
         assert (spec.defaults.height, spec.defaults.num_frames) == (64, 9)
-        assert (spec.limits.max_frames, spec.limits.max_steps) == (81, 50)
+        assert (spec.limits.max_num_frames, spec.limits.max_num_inference_steps) == (81, 50)
 
 
 def test_fastvideo_without_gpu_names_the_way_out(monkeypatch):

@@ -2,8 +2,9 @@ import pytest
 
 from videoserve.config import build_specs
 from videoserve.errors import ApiError
+from videoserve.protocol import resolve
 from videoserve.schemas import GenerateVideoRequest
-from videoserve.service import apply_defaults, sandboxed_path, select_task
+from videoserve.service import sandboxed_path, select_task
 
 TINY = build_specs("tiny", gpu_count=0)
 
@@ -16,14 +17,14 @@ def test_model_selection():
 
 
 def test_defaults_fill_unset_fields_and_keep_set_ones():
-    params = apply_defaults(GenerateVideoRequest(prompt="x", num_frames=17, seed=7), TINY["t2v"])
-    assert params["num_frames"] == 17 and params["seed"] == 7
-    assert (params["height"], params["width"], params["num_inference_steps"]) == (64, 64, 2)
+    params = resolve(GenerateVideoRequest(prompt="x", num_frames=17, seed=7), TINY["t2v"])
+    assert params.num_frames == 17 and params.seed == 7
+    assert (params.height, params.width, params.num_inference_steps) == (64, 64, 2)
 
 
 def test_randomize_seed_overrides_seed():
-    seeds = {apply_defaults(GenerateVideoRequest(prompt="x", seed=1, randomize_seed=True),
-                            TINY["t2v"])["seed"] for _ in range(5)}
+    seeds = {resolve(GenerateVideoRequest(prompt="x", seed=1, randomize_seed=True),
+                     TINY["t2v"]).seed for _ in range(5)}
     assert seeds != {1}
 
 
@@ -31,13 +32,13 @@ def test_randomize_seed_overrides_seed():
                                                ("num_inference_steps", 51)])
 def test_model_limits(field, value):
     with pytest.raises(ApiError) as info:
-        apply_defaults(GenerateVideoRequest(prompt="x", **{field: value}), TINY["t2v"])
+        resolve(GenerateVideoRequest(prompt="x", **{field: value}), TINY["t2v"])
     assert info.value.status == 422 and info.value.param == field
 
 
 def test_pixel_budget():
     with pytest.raises(ApiError) as info:
-        apply_defaults(GenerateVideoRequest(prompt="x", height=832, width=832), TINY["t2v"])
+        resolve(GenerateVideoRequest(prompt="x", height=832, width=832), TINY["t2v"])
     assert info.value.param == "width"
 
 

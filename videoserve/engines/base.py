@@ -8,6 +8,8 @@ from typing import Protocol
 
 from PIL import Image
 
+from videoserve.protocol import SamplingParams
+
 # progress(stage, step, total_steps): called when a stage starts ("encoding_prompt",
 # "encoding_image", "denoising", "decoding", "encoding_video") and after each denoising step.
 ProgressFn = Callable[[str, int, int], None]
@@ -24,18 +26,9 @@ class GenerationError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class GenerationParams:
-    """A fully resolved and validated request (defaults applied, image already fitted)."""
+class GenerationParams(SamplingParams):
+    """A fully resolved and validated request plus its image (already fitted to the size)."""
 
-    prompt: str
-    negative_prompt: str
-    seed: int
-    guidance_scale: float
-    num_frames: int
-    height: int
-    width: int
-    num_inference_steps: int
-    fps: int
     image: Image.Image | None = None
 
 
