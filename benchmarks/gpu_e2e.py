@@ -105,7 +105,8 @@ def engine_times(args: argparse.Namespace, model: str) -> tuple[list[float], dic
                    "encoding_tail_s": statistics.median(tails)}
 
 
-def served_times(args: argparse.Namespace, model: str) -> tuple[list[float], dict, float]:
+def served_times(args: argparse.Namespace, model: str,
+                 options: dict | None = None) -> tuple[list[float], dict, float]:
     import ray
     from ray import serve
 
@@ -113,7 +114,7 @@ def served_times(args: argparse.Namespace, model: str) -> tuple[list[float], dic
     from videoserve.deployments import build_app
 
     spec = build_specs("fastwan", t2v_model=model, gpu_count=1, tasks=("t2v",))["t2v"]
-    spec = replace(spec, engine_options=fastwan_options(args), synthetic=True)
+    spec = replace(spec, engine_options=options or fastwan_options(args), synthetic=True)
     ray.init(num_cpus=8, num_gpus=1, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     url = f"http://127.0.0.1:{args.port}"

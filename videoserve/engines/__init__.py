@@ -35,6 +35,20 @@ def resolve_model_path(model: str) -> Path | str:
     return path if path.exists() else model
 
 
+def warmup_params(spec: ModelSpec) -> GenerationParams:
+    """A short generation at the model's default size (compiled kernels and autotuned
+    convolutions are per shape): two steps, a plain grey image for I2V."""
+    from PIL import Image
+
+    d = spec.defaults
+    image = Image.new("RGB", (d.width, d.height), (128, 128, 128)) if spec.task == "i2v" else None
+    return GenerationParams(prompt="warm-up", negative_prompt=d.negative_prompt, seed=0,
+                            guidance_scale=d.guidance_scale, num_frames=d.num_frames,
+                            height=d.height, width=d.width,
+                            num_inference_steps=min(2, d.num_inference_steps), fps=d.fps,
+                            image=image)
+
+
 def create_engine(spec: ModelSpec) -> Engine:
     """Load the engine a spec names. Slow: called once per replica."""
     path = resolve_model_path(spec.model)
@@ -46,5 +60,6 @@ def create_engine(spec: ModelSpec) -> Engine:
     if spec.engine == "fastvideo":
         from videoserve.engines.fastvideo_engine import FastVideoEngine
 
-        return FastVideoEngine(str(path), spec.task, spec.device, spec.engine_options)
+        return FastVideoEngine(str(path), spec.task, spec.device, spec.engine_options,
+                               warmup=warmup_params(spec))
     raise ValueError(f"unknown engine {spec.engine!r}")

@@ -7,6 +7,7 @@ the next step when cancelled. Frames are encoded to MP4 here, in the process tha
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from videoserve.engines.base import (
 )
 from videoserve.media import encode_mp4
 
+log = logging.getLogger(__name__)
+
 
 class DiffusersEngine:
     """Loads a Diffusers-format Wan folder once and generates from it."""
@@ -35,6 +38,9 @@ class DiffusersEngine:
 
         self._torch = torch
         self.task = task
+        ignored = sorted(set(options) - {"torch_dtype", "num_threads"})
+        if ignored:
+            log.info("diffusers engine: options for the fastvideo engine ignored: %s", ignored)
         self.device = device
         dtype_name = options.get("torch_dtype", "bfloat16" if device == "cuda" else "float32")
         self.dtype = getattr(torch, dtype_name)

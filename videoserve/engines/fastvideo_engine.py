@@ -14,14 +14,18 @@ module docstring there says why a child and not the replica itself), through the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from videoserve.config import FASTVIDEO_OFFLOAD_FLAGS
 from videoserve.engines.base import (
@@ -36,6 +40,8 @@ from videoserve.engines.base import (
 log = logging.getLogger(__name__)
 # How often a waiting generation checks should_cancel() (cancel reaches the child within this).
 POLL_S = 0.01
+# Options applied inside the child around generations rather than passed to fastvideo.
+RUNTIME_OPTIONS = ("sdpa_priority", "cudnn_benchmark", "keep_frames")
 
 
 def check_params(task: str, params: GenerationParams) -> None:
@@ -55,13 +61,25 @@ class FastVideoEngine:
 
     name = "fastvideo"
 
-    def __init__(self, model_path: str, task: str, device: str, options: dict[str, Any]):
+    def __init__(self, model_path: str, task: str, device: str, options: dict[str, Any],
+                 warmup: GenerationParams | None = None):
         self.model_path, self.task, self.device = model_path, task, device
+        options = dict(options)
+        if device != "cuda":
+            dropped = [k for k in ("compile", "sdpa_priority", "cudnn_benchmark")
+                       if options.pop(k, None)]
+            if dropped:
+                log.info("fastvideo %s on %s: %s apply to CUDA only; ignored", task, device,
+                         dropped)
+        self.warmup = warmup if options.pop("warmup", False) else None
+        self.warmup_time: float | None = None
         self.options = self._generator_options(options)
         self.healthy = False
         self.load_time = 0.0
         self.loads = 0
         self.videos = 0
+        self.last_peak_gib: float | None = None
+        self.last_frames: Any = None  # with the keep_frames option (benchmarks)
         self.version = ""
         self._ctx = mp.get_context("spawn")
         # The seq of the job the child should stop; read by its step hook, no lock needed.
@@ -74,10 +92,24 @@ class FastVideoEngine:
 
     @staticmethod
     def _generator_options(options: dict[str, Any]) -> dict[str, Any]:
+        """fastvideo's ``from_pretrained`` options, plus ``env`` and ``runtime`` for the child.
+
+        Speed levers (see docs/BENCHMARKS.md for their measured effect):
+        ``vae_precision`` / ``text_encoder_precision`` ("fp32", "bf16"), ``compile`` (DiT
+        torch.compile, paid for by a warm-up at load), ``sdpa_priority`` (e.g. ["cudnn",
+        "flash", "efficient", "math"]: dense attention kernels tried in that order),
+        ``cudnn_benchmark`` (autotuned VAE convolutions), ``warmup`` (one short generation
+        at load so no user request pays for first-call costs).
+        """
         opts = dict(options)
         env = {"FASTVIDEO_ATTENTION_BACKEND": opts.pop("attention_backend")} if (
             "attention_backend" in opts) else {}
         env.update(opts.pop("env", {}))
+        opts["runtime"] = {key: opts.pop(key) for key in RUNTIME_OPTIONS if key in opts}
+        if "text_encoder_precision" in opts:
+            opts["text_encoder_precisions"] = (opts.pop("text_encoder_precision"),)
+        if opts.pop("compile", False):
+            opts["enable_torch_compile"] = True
         # Ray sets OMP_NUM_THREADS to the replica's num_cpus (1), which the child would inherit:
         # fastvideo makes some tensors on the CPU (e.g. DMD's per-step noise), measurably slower
         # on one thread. ``cpu_threads`` overrides the default: half the cores, at most 8.
@@ -106,9 +138,15 @@ class FastVideoEngine:
             self._stop_child()
             self.healthy = False  # the replica's health check fails; Serve replaces it
             raise GenerationError(f"fastvideo failed to load {self.model_path}: {detail}")
-        self.load_time = time.perf_counter() - start
         self.loads += 1
         self.version = message.get("version", "")
+        if self.warmup is not None:
+            # First calls pay for compilation and kernel autotuning; a user request must not.
+            warm = time.perf_counter()
+            with self._request(self.warmup) as kwargs:
+                self._send(kwargs, self.warmup, lambda *_: None, lambda: False)
+            self.warmup_time = time.perf_counter() - warm
+        self.load_time = time.perf_counter() - start
         self.healthy = True
         log.info("fastvideo %s %s loaded %s in %.1fs (pid %s)", self.version, self.task,
                  self.model_path, self.load_time, self._proc.pid)
@@ -140,7 +178,9 @@ class FastVideoEngine:
         """Shown in the generator's info: how often the model was loaded, the child's pid."""
         pid = self._proc.pid if self._proc is not None else None
         return {"engine_pid": pid, "engine_loads": self.loads, "videos_encoded": self.videos,
-                "fastvideo_version": self.version}
+                "fastvideo_version": self.version, "engine_load_s": round(self.load_time, 2),
+                "warmup_s": self.warmup_time and round(self.warmup_time, 2),
+                "last_peak_gib": self.last_peak_gib}
 
     def _request_kwargs(self, params: GenerationParams, image_path: str | None) -> dict[str, Any]:
         # An empty negative prompt stays a string: fastvideo's CFG pass encodes it (None crashes).
@@ -157,13 +197,18 @@ class FastVideoEngine:
         self, params: GenerationParams, progress: ProgressFn, should_cancel: CancelFn
     ) -> GenerationOutput:
         check_params(self.task, params)
+        with self._request(params) as kwargs:
+            return self.run(kwargs, params, progress, should_cancel)
+
+    @contextlib.contextmanager
+    def _request(self, params: GenerationParams) -> Iterator[dict[str, Any]]:
+        """fastvideo's keyword arguments; an image goes through a temporary file."""
         with tempfile.TemporaryDirectory(prefix="videoserve-in-") as tmp:
             image_path = None
             if params.image is not None:
                 image_path = str(Path(tmp) / "input.png")
                 params.image.save(image_path)
-            return self.run(self._request_kwargs(params, image_path), params, progress,
-                            should_cancel)
+            yield self._request_kwargs(params, image_path)
 
     def run(self, kwargs: dict[str, Any], params: GenerationParams, progress: ProgressFn,
             should_cancel: CancelFn) -> GenerationOutput:
@@ -174,9 +219,13 @@ class FastVideoEngine:
             if self._proc is None or not self._proc.is_alive():
                 self._stop_child()
                 self._start_child()
-            self._seq += 1
-            self._conn.send({"seq": self._seq, "kwargs": kwargs, "fps": params.fps})
-            return self._follow(self._seq, params, progress, should_cancel)
+            return self._send(kwargs, params, progress, should_cancel)
+
+    def _send(self, kwargs: dict[str, Any], params: GenerationParams, progress: ProgressFn,
+              should_cancel: CancelFn) -> GenerationOutput:
+        self._seq += 1
+        self._conn.send({"seq": self._seq, "kwargs": kwargs, "fps": params.fps})
+        return self._follow(self._seq, params, progress, should_cancel)
 
     def _follow(self, seq: int, params: GenerationParams, progress: ProgressFn,
                 should_cancel: CancelFn) -> GenerationOutput:
@@ -197,6 +246,11 @@ class FastVideoEngine:
             elif kind == "video":
                 mp4 = self._conn.recv_bytes()
                 self.videos += 1
+                self.last_peak_gib = message.get("peak_gib")
+                if self.options["runtime"].get("keep_frames"):
+                    shape = self._conn.recv()["shape"]
+                    self.last_frames = np.frombuffer(self._conn.recv_bytes(),
+                                                     np.uint8).reshape(shape)
                 return GenerationOutput(mp4=mp4, num_frames=message["num_frames"],
                                         height=message["height"], width=message["width"],
                                         inference_time=message["inference_time"],

@@ -61,11 +61,13 @@ def serve_forever(conn: Connection, model_path: str, options: dict[str, Any],
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
     _exit_with_parent()
     os.environ.update({k: str(v) for k, v in options.pop("env", {}).items()})
+    runtime = options.pop("runtime", {})
+    keep_frames = runtime.pop("keep_frames", False)  # benchmarks compare raw frames
     try:
         from videoserve.engines import fastvideo_adapter as adapter
 
         start = time.perf_counter()
-        runner = adapter.Instrumented(adapter.load_generator(model_path, options))
+        runner = adapter.Instrumented(adapter.load_generator(model_path, options), **runtime)
         conn.send({"type": "ready", "load_time": time.perf_counter() - start,
                    "version": adapter.check_version()})
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, then exit
@@ -74,7 +76,7 @@ def serve_forever(conn: Connection, model_path: str, options: dict[str, Any],
         return
     try:
         while (request := _next_request(conn)) is not None:
-            if not _generate(conn, runner, request, cancel):
+            if not _generate(conn, runner, request, cancel, keep_frames):
                 return  # the pipeline is unusable; the parent starts a fresh process
     finally:
         try:
@@ -90,7 +92,8 @@ def _next_request(conn: Connection) -> dict[str, Any] | None:
         return None
 
 
-def _generate(conn: Connection, runner: Any, request: dict[str, Any], cancel: Any) -> bool:
+def _generate(conn: Connection, runner: Any, request: dict[str, Any], cancel: Any,
+              keep_frames: bool = False) -> bool:
     """Run one request and report it; False when the pipeline can no longer be used."""
     from videoserve.engines import fastvideo_adapter as adapter
     from videoserve.media import StreamingMp4Encoder
@@ -100,7 +103,7 @@ def _generate(conn: Connection, runner: Any, request: dict[str, Any], cancel: An
     chunks: list[Any] = []
 
     def sink(chunk: Any) -> None:
-        chunks.append(None)
+        chunks.append(chunk if keep_frames else None)  # a chunk holds its frames' memory
         encoder.put(chunk)
 
     hooks = adapter.RunHooks(
@@ -133,8 +136,13 @@ def _generate(conn: Connection, runner: Any, request: dict[str, Any], cancel: An
     height, width = encoder.size
     conn.send({"type": "video", "num_frames": encoder.frames, "height": height, "width": width,
                "inference_time": inference_time, "encoding_time": encoding_time,
-               "stages": hooks.stages_seen})
+               "stages": hooks.stages_seen, "peak_gib": adapter.peak_memory_gib(reset=True)})
     conn.send_bytes(mp4)
+    if keep_frames:
+        frames = np.concatenate([chunk() for chunk in chunks]) if chunks else _frames_array(
+            result["frames"])
+        conn.send({"shape": frames.shape})
+        conn.send_bytes(memoryview(np.ascontiguousarray(frames)).cast("B"))
     return True
 
 

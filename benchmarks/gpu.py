@@ -1,0 +1,246 @@
+"""GPU speed levers of the fastvideo engine, each alone and combined, on full-size models.
+
+One command on a CUDA machine: builds (or reuses) the full-size random-weight models
+(synthetic: their videos are noise), then for each configuration loads the engine (the project's
+in-process fastvideo engine, no Ray), warms it up at load, and measures per-stage times (prompt
+encoding, denoising per step, VAE decoding, the MP4 tail), GPU peak memory, cold start (load +
+warm-up) and the PSNR of its frames against the reference configuration for the same seed.
+A lever may be on by default only if its PSNR is >= 40 dB. The served HTTP path is measured for
+the chosen FastWan configuration (same run). Results go to a JSON file; ``--render`` turns JSON
+files into docs/BENCHMARKS.md.
+
+    python benchmarks/gpu.py --models /data/models --part fastwan --json fastwan.json
+    python benchmarks/gpu.py --models /data/models --part i2v --json i2v.json
+    python benchmarks/gpu.py --render fastwan.json i2v.json > docs/BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+REFERENCE = "reference"
+PSNR_RULE_DB = 40.0
+BASE = {"dit_cpu_offload": False, "dit_layerwise_offload": False,
+        "text_encoder_cpu_offload": False, "image_encoder_cpu_offload": False,
+        "vae_cpu_offload": False, "pin_cpu_memory": False}
+CUDNN_FIRST = ["cudnn", "flash", "efficient", "math"]
+LEVERS = {
+    "vae_bf16": {"vae_precision": "bf16"},
+    "text_encoder_bf16": {"text_encoder_precision": "bf16"},
+    "cudnn_benchmark": {"cudnn_benchmark": True},
+    "sdpa_cudnn_first": {"sdpa_priority": CUDNN_FIRST},
+    "compile_dit": {"compile": True},
+}
+PARTS = {
+    # FastWan: video sparse attention (dense SDPA order does not apply), 3 DMD steps.
+    "fastwan": {"task": "t2v", "base": {**BASE, "attention_backend": "VIDEO_SPARSE_ATTN",
+                                        "VSA_sparsity": 0.8},
+                "levers": ["vae_bf16", "text_encoder_bf16", "cudnn_benchmark", "compile_dit"],
+                "steps": 3, "guidance": 1.0, "runs": 3},
+    "i2v": {"task": "i2v", "base": dict(BASE),
+            "levers": ["sdpa_cudnn_first", "compile_dit"],
+            "steps": 2, "guidance": 5.0, "runs": 1},
+}
+
+
+def engine_defaults(task: str) -> dict:
+    """The speed levers the fastwan preset turns on for this task (videoserve.config)."""
+    from videoserve.config import FASTWAN_SPEED
+
+    return {k: v for k, v in FASTWAN_SPEED[task].items() if k != "warmup"}
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def measure(part: dict, model: str, name: str, options: dict, args) -> dict:
+    import torch
+    from PIL import Image
+
+    from videoserve.engines import GenerationParams
+    from videoserve.engines.fastvideo_engine import FastVideoEngine
+
+    image = Image.new("RGB", (args.width, args.height), (90, 120, 160)) if (
+        part["task"] == "i2v") else None
+    params = [GenerationParams(prompt="a red fox running through fresh snow", negative_prompt="",
+                               seed=1000 + run, guidance_scale=part["guidance"],
+                               num_frames=args.frames, height=args.height, width=args.width,
+                               num_inference_steps=part["steps"], fps=16, image=image)
+              for run in range(part["runs"])]
+    start = time.perf_counter()
+    engine = FastVideoEngine(model, part["task"], "cuda",
+                             {**options, "warmup": True, "keep_frames": True},
+                             warmup=params[0])
+    cold = time.perf_counter() - start
+    runs, frames = [], None
+    for p in params:
+        marks: dict[str, list[float]] = {}
+        begin = time.perf_counter()
+
+        def mark(stage: str, step: int, total: int, marks=marks, begin=begin) -> None:
+            marks.setdefault(stage, []).append(time.perf_counter() - begin)
+
+        output = engine.generate(p, mark, lambda: False)
+        total = time.perf_counter() - begin
+        steps = marks.get("denoising", [])
+        frames = engine.last_frames if frames is None else frames
+        runs.append({"total_s": total, "prompt_s": marks["denoising"][0],
+                     "denoise_s": marks["decoding"][0] - marks["denoising"][0],
+                     "per_step_s": [b - a for a, b in zip(steps[1:], steps[2:], strict=False)],
+                     "decode_s": marks["encoding_video"][0] - marks["decoding"][0],
+                     "mp4_tail_s": output.encoding_time, "peak_gib": engine.last_peak_gib})
+    engine.close()
+    torch.cuda.empty_cache()
+    result = {"name": name, "options": options, "cold_start_s": cold,
+              "load_s": engine.load_time - (engine.warmup_time or 0),
+              "warmup_s": engine.warmup_time,
+              **{k: statistics.median(r[k] for r in runs) for k in runs[0]
+                 if k != "per_step_s"},
+              "per_step_s": statistics.median([s for r in runs for s in r["per_step_s"]] or
+                                              [math.nan])}
+    print(json.dumps({k: v for k, v in result.items() if k != "options"}), flush=True)
+    return result, frames
+
+
+def save(result: dict, args) -> None:
+    if args.json:
+        path = Path(args.json).with_stem(f"{Path(args.json).stem}-{result['part']}")
+        path.write_text(json.dumps(result, indent=2, default=str))
+
+
+def combine(levers: list[str]) -> dict:
+    return {k: v for lever in levers for k, v in LEVERS[lever].items()}
+
+
+def run_part(name: str, model: str, args) -> dict:
+    part = PARTS[name]
+    out = {"part": name, "task": part["task"], "configs": [],
+           "command": "python " + " ".join(sys.argv), "environment": environment()}
+    levers = part["levers"] if args.levers is None else [
+        lever for lever in args.levers if lever in part["levers"]]
+    configs = [(REFERENCE, {})] + [(lever, LEVERS[lever]) for lever in levers]
+    if len(levers) > 1:
+        configs.append(("all", combine(levers)))
+    configs.append(("default", engine_defaults(part["task"])))
+    results, reference = [], None
+    for config, changes in configs:
+        result, frames = measure(part, model, config, {**part["base"], **changes}, args)
+        if reference is None:
+            reference = frames
+        result["psnr_db"] = psnr(reference, frames)
+        results.append(result)
+        out["configs"] = results
+        save(out, args)  # a run cut short still leaves what it measured
+    return out
+
+
+def served(model: str, args, options: dict) -> dict:
+    from gpu_e2e import served_times
+
+    args.steps = 3
+    times, detail, ready_s = served_times(args, model, {**options, "warmup": True})
+    return {"served_s": statistics.median(times), "runs": times, "detail": detail,
+            "ready_s": ready_s}
+
+
+def environment() -> dict:
+    import importlib.metadata as meta
+
+    import torch
+
+    return {"device": torch.cuda.get_device_name(0), "date": date.today().isoformat(),
+            **{p: meta.version(p) for p in ("torch", "fastvideo", "fastvideo-kernel", "ray")}}
+
+
+def render(paths: list[str]) -> str:
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    env = parts[0]["environment"]
+    lines = ["# GPU benchmarks", "",
+             f"Written by `benchmarks/gpu.py` on {env['date']}: **{env['device']}**, torch "
+             f"{env['torch']}, fastvideo {env['fastvideo']}, fastvideo-kernel "
+             f"{env['fastvideo-kernel']}, ray {env['ray']}.", "",
+             "Full-size **random-weight** models (the real FastWan2.1-T2V-1.3B and "
+             "Wan2.1-I2V-14B-480P architectures, built by `python -m videoserve.tiny_models "
+             "--size full`): speed and memory are those of the real models, the videos are "
+             "noise. 480×832, 81 frames, warm medians; every offload off; each configuration "
+             "is a fresh engine load with a warm-up generation at load (cold start = load + "
+             "warm-up). PSNR: frames of the same seed against the reference configuration "
+             f"(a lever may be a default only at ≥ {PSNR_RULE_DB:.0f} dB).", ""]
+    for part in parts:
+        lines += [f"## {part['part']} ({part['task']})", "", f"Command: `{part['command']}`", "",
+                  "| configuration | total s | prompt s | denoise s | s/step | decode s | "
+                  "MP4 tail s | peak GiB | cold start s | PSNR dB |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for c in part["configs"]:
+            lines.append(
+                f"| {c['name']} | {c['total_s']:.2f} | {c['prompt_s']:.2f} | "
+                f"{c['denoise_s']:.2f} | {c['per_step_s']:.2f} | {c['decode_s']:.2f} | "
+                f"{c['mp4_tail_s']:.2f} | {c['peak_gib']} | {c['cold_start_s']:.1f} | "
+                f"{c['psnr_db']:.1f} |")
+        ref = part["configs"][0]
+        lines += ["", "| lever | effect | PSNR dB | default |", "| --- | --- | ---: | --- |"]
+        for c in part["configs"][1:]:
+            if c["name"] in ("all", "default"):
+                continue
+            key = "per_step_s" if part["task"] == "i2v" else "total_s"
+            gain = ref[key] - c[key]
+            ok = c["psnr_db"] >= PSNR_RULE_DB and gain > 0.05 * ref[key]
+            why = ("on: faster and within the PSNR rule" if ok else
+                   "opt-in: PSNR below the rule" if c["psnr_db"] < PSNR_RULE_DB else
+                   "off: no gain")
+            lines.append(f"| {c['name']} | {key} {ref[key]:.2f} → {c[key]:.2f} s, peak "
+                         f"{ref['peak_gib']} → {c['peak_gib']} GiB | {c['psnr_db']:.1f} | "
+                         f"{why} |")
+        if part.get("served"):
+            s = part["served"]
+            lines += ["", f"Served (`POST /generate_video`, configuration `default`): median "
+                      f"{s['served_s']:.2f} s (runs {[round(t, 2) for t in s['runs']]}); start "
+                      f"to ready {s['ready_s']:.1f} s."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", help="folder for the full-size models (built if missing)")
+    parser.add_argument("--part", choices=sorted(PARTS), action="append")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--render", nargs="+", metavar="JSON", help="print BENCHMARKS.md")
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--levers", nargs="*", help="measure only these levers (none: only "
+                        "the reference and the preset's defaults)")
+    parser.add_argument("--port", type=int, default=8781)
+    args = parser.parse_args()
+    if args.render:
+        print(render(args.render))
+        return
+    from videoserve.tiny_models import ensure_full_models
+
+    names = args.part or ["fastwan"]
+    tasks = tuple(sorted({PARTS[n]["task"] for n in names}, reverse=True))
+    models = ensure_full_models(Path(args.models), tasks=tasks)
+    for name in names:
+        result = run_part(name, str(models[PARTS[name]["task"]]), args)
+        if name == "fastwan":
+            options = result["configs"][-1]["options"]  # the preset's defaults
+            result["served"] = served(str(models["t2v"]), args, options)
+            print(json.dumps(result["served"]), flush=True)
+            save(result, args)
+
+
+if __name__ == "__main__":
+    main()
