@@ -221,6 +221,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--runs", type=int, default=3, help="served runs (warm)")
     parser.add_argument("--levers", nargs="*", help="measure only these levers (none: only "
                         "the reference and the preset's defaults)")
     parser.add_argument("--port", type=int, default=8781)

@@ -179,6 +179,10 @@ class Ingress:
             await asyncio.sleep(READINESS_POLL_S)
 
     async def _readiness(self) -> dict[str, dict[str, Any]]:
+        # Asked now rather than from the last poll: right after a deploy, /ready must not
+        # answer from a state up to a poll interval old.
+        names = {task: generator_name(task) for task in self.handles}
+        self.states = await asyncio.to_thread(_replica_counts, self.app_name, names)
         return self.states
 
     def info(self) -> dict[str, Any]:
