@@ -32,6 +32,7 @@ from videoserve.engines.base import (
     GenerationParams,
     ProgressFn,
 )
+from videoserve.media import remove_orphaned_temp_files, temp_prefix
 
 log = logging.getLogger(__name__)
 # How often a waiting generation checks should_cancel() (cancel reaches the child within this).
@@ -92,6 +93,7 @@ class FastVideoEngine:
     def _start_child(self) -> None:
         from videoserve.engines.fastvideo_host import serve_forever
 
+        remove_orphaned_temp_files()  # left by a child that died while encoding
         parent, child = self._ctx.Pipe()
         start = time.perf_counter()
         self._proc = self._ctx.Process(target=serve_forever, name=f"fastvideo-{self.task}",
@@ -157,7 +159,7 @@ class FastVideoEngine:
         self, params: GenerationParams, progress: ProgressFn, should_cancel: CancelFn
     ) -> GenerationOutput:
         check_params(self.task, params)
-        with tempfile.TemporaryDirectory(prefix="videoserve-in-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=temp_prefix() + "in-") as tmp:
             image_path = None
             if params.image is not None:
                 image_path = str(Path(tmp) / "input.png")
