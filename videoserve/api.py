@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from videoserve import __version__
-from videoserve.errors import ApiError, BodySizeLimit, install_error_handlers
+from videoserve.errors import ApiError, BodySizeLimit, error_body, install_error_handlers
 from videoserve.jobs import Job, is_job_id
+from videoserve.limits import Budget
 from videoserve.schemas import (
     BatchRequest,
     ErrorResponse,
@@ -19,6 +24,7 @@ from videoserve.schemas import (
     ReadyResponse,
     VideoCreateRequest,
 )
+from videoserve.security import ApiKeyAuth, RequestGuard, request_owner
 from videoserve.service import VideoService
 from videoserve.videos import parse_create, read_create_body, to_generate_request, video_object
 
@@ -26,9 +32,28 @@ from videoserve.videos import parse_create, read_create_body, to_generate_reques
 ReadinessFn = Callable[[], Awaitable[dict[str, dict[str, Any]]]]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 403, 404, 409, 413, 422, 429, 500, 503,
-                                                504)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 408, 409, 413, 415, 422, 429,
+                                                500, 503, 504)
 }
+MP4 = {200: {"description": "The MP4 (Range requests supported)",
+             "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}},
+       206: {"description": "Part of the MP4"}, 416: {"model": ErrorResponse}, **ERRORS}
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def add_middlewares(app: FastAPI, settings: Any) -> None:
+    """Outermost first: the Origin and body-type guard, CORS for the allowed origins only, the
+    API key check, then the body limits (so an unauthenticated body takes no budget)."""
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes,
+                       budget=Budget(settings.max_inflight_body_bytes),
+                       idle_timeout_s=settings.body_idle_timeout_s)
+    app.add_middleware(ApiKeyAuth, keys=settings.api_keys)
+    app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                       allow_methods=["GET", "HEAD", "POST", "DELETE"],
+                       allow_headers=["Authorization", "Content-Type", "Idempotency-Key",
+                                      "Range"],
+                       expose_headers=["Retry-After", "Content-Range", "Accept-Ranges"])
+    app.add_middleware(RequestGuard, allowed_origins=settings.cors_origins)
 
 
 def create_app(service: VideoService, readiness: ReadinessFn) -> FastAPI:
@@ -39,19 +64,20 @@ def create_app(service: VideoService, readiness: ReadinessFn) -> FastAPI:
         description="Text-to-video and image-to-video generation with FastVideo Wan models.",
     )
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=service.settings.max_body_bytes)
+    add_middlewares(app, service.settings)
 
     @app.post("/generate_video", response_model=GenerateVideoResponse, responses=ERRORS)
     async def generate_video(body: GenerateVideoRequest, request: Request) -> dict[str, Any]:
         """Generate a video and wait for it. Unset parameters take the model's defaults."""
-        result = await service.generate(body)
+        result = await service.generate(body, request_owner(request))
         result["video_url"] = request.scope.get("root_path", "") + result["video_url"]
         return result
 
-    @app.get("/videos/{job_id}/video.mp4", responses=ERRORS)
-    async def video_file(job_id: str) -> FileResponse:
+    @app.api_route("/videos/{job_id}/video.mp4", methods=["GET", "HEAD"], responses=MP4,
+                   response_class=VideoFile)
+    async def video_file(job_id: str, request: Request) -> VideoFile:
         """The MP4 of a finished job (HTTP Range requests supported)."""
-        return _content(service, job_id)
+        return _content(service, job_id, request_owner(request))
 
     add_video_routes(app, service)
 
@@ -82,22 +108,52 @@ def create_app(service: VideoService, readiness: ReadinessFn) -> FastAPI:
     return app
 
 
-def _job(service: VideoService, job_id: str) -> Job:
-    job = service.get(job_id) if is_job_id(job_id) else None
+def _job(service: VideoService, job_id: str, owner: str | None) -> Job:
+    # Another key's job is answered exactly like one that does not exist.
+    job = service.get(job_id, owner) if is_job_id(job_id) else None
     if job is None:
-        raise ApiError(404, f"no video {job_id!r}", type="not_found", code="not_found")
+        raise ApiError(404, "no such video", type="not_found", code="not_found")
     return job
 
 
-def _content(service: VideoService, job_id: str) -> FileResponse:
-    job = _job(service, job_id)
+class VideoFile(FileResponse):
+    """An MP4 file with Range support whose Range errors use the one error shape."""
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        error = self._range_error(Headers(scope=scope), scope["method"].upper())
+        await (error or super().__call__)(scope, receive, send)
+
+    def _range_error(self, headers: Headers, method: str) -> JSONResponse | None:
+        http_range, if_range = headers.get("range"), headers.get("if-range")
+        if http_range is None or method not in ("GET", "HEAD") or self.stat_result is None:
+            return None
+        if if_range is not None and not self._should_use_range(if_range):
+            return None  # the file changed: the whole file is sent
+        size = self.stat_result.st_size
+        try:
+            self._parse_range_header(http_range, size)
+        except RangeNotSatisfiable:
+            body = error_body(f"the range is outside the video's {size} bytes",
+                              "invalid_request_error", "Range", "range_not_satisfiable")
+            return JSONResponse(body, 416, headers={"Content-Range": f"bytes */{size}"})
+        except (MalformedRangeHeader, ValueError) as exc:
+            message = getattr(exc, "content", "malformed Range header")
+            body = error_body(message, "invalid_request_error", "Range", "invalid_range")
+            return JSONResponse(body, 400)
+        return None
+
+
+def _content(service: VideoService, job_id: str, owner: str | None) -> VideoFile:
+    job = _job(service, job_id, owner)
     if job.status != "completed":
         raise ApiError(409, f"video {job_id} is {job.status}, not completed", code=job.status)
     path = service.video_file(job_id)
-    if not path.is_file():
+    try:
+        info = os.stat(path)
+    except OSError:
         raise ApiError(404, f"the file of video {job_id} is gone", type="not_found",
-                       code="not_found")
-    return FileResponse(path, media_type="video/mp4", filename=f"{job_id}.mp4")
+                       code="not_found") from None
+    return VideoFile(path, media_type="video/mp4", filename=f"{job_id}.mp4", stat_result=info)
 
 
 CREATE_BODY = {"requestBody": {"content": {
@@ -118,42 +174,48 @@ def add_video_routes(app: FastAPI, service: VideoService) -> None:
     async def create_video(request: Request, idempotency_key: str | None = Header(None)
                            ) -> dict[str, Any]:
         """Queue a video (JSON, or multipart/form-data with an input_reference image)."""
+        if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+            raise ApiError(422, f"Idempotency-Key: at most {MAX_IDEMPOTENCY_KEY} characters",
+                           param="Idempotency-Key")
         create = parse_create(await read_create_body(request))
         job, cached = await service.submit(to_generate_request(create, service.settings),
-                                           idempotency_key)
+                                           idempotency_key, request_owner(request))
         return view(job, cached)
 
     @app.post("/v1/videos/batch", responses=ERRORS)
-    async def create_batch(batch: BatchRequest) -> dict[str, Any]:
+    async def create_batch(batch: BatchRequest, request: Request) -> dict[str, Any]:
         """Queue several videos; all are validated before any is queued. Ids come in order."""
+        owner = request_owner(request)
         prepared = []
         for index, fields in enumerate(batch.requests):
             create = parse_create(dict(fields), loc=("body", "requests", index))
-            prepared.append(await service.prepare(to_generate_request(create, service.settings)))
+            prepared.append(await service.prepare(to_generate_request(create, service.settings),
+                                                  owner))
         return {"object": "list", "ids": [job.id for job in service.enqueue_batch(prepared)]}
 
     @app.get("/v1/videos/{job_id}", responses=ERRORS)
-    async def get_video(job_id: str) -> dict[str, Any]:
+    async def get_video(job_id: str, request: Request) -> dict[str, Any]:
         """A job's status, progress, parameters, seed, timings and error."""
-        return view(_job(service, job_id))
+        return view(_job(service, job_id, request_owner(request)))
 
-    @app.get("/v1/videos/{job_id}/content", responses=ERRORS)
-    async def video_content(job_id: str, variant: str = "video") -> FileResponse:
+    @app.api_route("/v1/videos/{job_id}/content", methods=["GET", "HEAD"], responses=MP4,
+                   response_class=VideoFile)
+    async def video_content(job_id: str, request: Request, variant: str = "video") -> VideoFile:
         """The MP4 (Range supported); 409 while the job is not completed."""
         if variant != "video":
             raise ApiError(422, "only variant=video is available", param="variant")
-        return _content(service, job_id)
+        return _content(service, job_id, request_owner(request))
 
     @app.post("/v1/videos/{job_id}/cancel", responses=ERRORS)
-    async def cancel_video(job_id: str) -> dict[str, Any]:
+    async def cancel_video(job_id: str, request: Request) -> dict[str, Any]:
         """Cancel a queued or running job; a finished job is returned unchanged."""
-        job = _job(service, job_id)
+        job = _job(service, job_id, request_owner(request))
         return view(await service.cancel(job) if not job.done else job)
 
     @app.delete("/v1/videos/{job_id}", responses=ERRORS)
-    async def delete_video(job_id: str) -> dict[str, Any]:
+    async def delete_video(job_id: str, request: Request) -> dict[str, Any]:
         """Cancel a queued or running job; delete a finished one and its files."""
-        job = _job(service, job_id)
+        job = _job(service, job_id, request_owner(request))
         if not job.done:
             job = await service.cancel(job)
             return {"id": job.id, "object": "video.deleted", "deleted": False,
@@ -162,10 +224,11 @@ def add_video_routes(app: FastAPI, service: VideoService) -> None:
         return {"id": job.id, "object": "video.deleted", "deleted": True}
 
     @app.get("/v1/videos", responses=ERRORS)
-    async def list_videos(limit: int = Query(20, ge=1, le=100), after: str | None = None,
-                          order: Literal["asc", "desc"] = "desc") -> dict[str, Any]:
+    async def list_videos(request: Request, limit: int = Query(20, ge=1, le=100),
+                          after: str | None = None, order: Literal["asc", "desc"] = "desc"
+                          ) -> dict[str, Any]:
         """History, newest first by default; page with ``after`` = the last id seen."""
-        jobs, has_more = service.page(limit, after, order)
+        jobs, has_more = service.page(limit, after, order, request_owner(request))
         data = [view(job) for job in jobs]
         return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                 "last_id": data[-1]["id"] if data else None, "has_more": has_more}

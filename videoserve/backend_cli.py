@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -51,12 +52,38 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                         help="CPUs for a locally started Ray (default: all)")
 
 
+API_KEYS_ENV = "VIDEOSERVE_API_KEYS"
+# Idle keep-alive connections are closed after this long (Serve's default is 90 s). Uvicorn in
+# Serve's proxy has no header or body read timeout of its own; bodies have one in the app
+# (Settings.body_idle_timeout_s), headers need a reverse proxy (see README, Security).
+KEEP_ALIVE_S = 5
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def add_access_flags(parser: argparse.ArgumentParser) -> None:
+    """API key and CORS flags (shared with start_ray_serve_app.py)."""
+    parser.add_argument("--api_key", action="append", default=None, metavar="KEY",
+                        help="require this API key (Authorization: Bearer KEY); repeat for "
+                             f"several. Also from {API_KEYS_ENV} (comma-separated)")
+    parser.add_argument("--cors_origins", default="",
+                        help="comma-separated origins (https://host[:port]) whose web pages may "
+                             "call the API; default: none besides the API's own")
+
+
+def api_keys(args: argparse.Namespace) -> tuple[str, ...]:
+    """Keys from --api_key and the environment, in order, without blanks or repeats."""
+    from_env = os.environ.get(API_KEYS_ENV, "").split(",")
+    keys = [k.strip() for k in [*(args.api_key or []), *from_env] if k.strip()]
+    return tuple(dict.fromkeys(keys))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Serve FastVideo T2V/I2V models on Ray Serve.")
     parser.add_argument("--drain_timeout", type=float, default=30.0,
                         help="on SIGTERM/SIGINT, seconds that waiting requests get to finish")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port")
+    add_access_flags(parser)
     add_model_flags(parser)
     return parser
 
@@ -72,7 +99,18 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                         gpu_count=gpus, replicas=args.replicas, tasks=tasks)  # type: ignore[arg-type]
     output = Path(args.output_path).expanduser().resolve()
     inputs = Path(args.input_path).expanduser().resolve() if args.input_path else None
-    return Settings(models=specs, output_path=output, input_path=inputs)
+    origins = tuple(o.strip().rstrip("/") for o in args.cors_origins.split(",") if o.strip())
+    return Settings(models=specs, output_path=output, input_path=inputs,
+                    api_keys=api_keys(args), cors_origins=origins)
+
+
+def warn_if_open(host: str, settings: Settings) -> None:
+    if settings.api_keys:
+        log.info("API keys required (%d configured)", len(settings.api_keys))
+    elif host not in LOOPBACK:
+        log.warning("WARNING: serving on %s without an API key: anyone who can reach this port "
+                    "can list, download and delete every video and start generations. Pass "
+                    "--api_key KEY (or set %s) or bind 127.0.0.1.", host, API_KEYS_ENV)
 
 
 def start(settings: Settings, host: str, port: int, ray_address: str | None,
@@ -87,7 +125,7 @@ def start(settings: Settings, host: str, port: int, ray_address: str | None,
         ray.init(address=ray_address)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False)
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(http_options={"host": host, "port": port, "keep_alive_timeout_s": KEEP_ALIVE_S})
     return serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
 
 
@@ -99,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    warn_if_open(args.host, settings)
     for spec in settings.models.values():
         note = " (random weights: output is noise)" if spec.synthetic else ""
         log.info("%s: %s on %s via %s%s", spec.task, spec.model, spec.device, spec.engine, note)

@@ -1,7 +1,7 @@
 """The one HTTP client of the backend, for the UI, the tests and users' scripts.
 
     from videoserve.client import VideoClient
-    client = VideoClient("http://127.0.0.1:8000")
+    client = VideoClient("http://127.0.0.1:8000")      # api_key=... or $VIDEOSERVE_API_KEY
     result = client.generate("A red fox running through snow", num_frames=17)
     open("fox.mp4", "wb").write(client.download(result))
 
@@ -15,6 +15,7 @@ It needs only ``requests`` (no torch, ray or fastvideo).
 from __future__ import annotations
 
 import base64
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Any
 from urllib.parse import urljoin
 
 import requests
+
+API_KEY_ENV = "VIDEOSERVE_API_KEY"
 
 
 class BackendError(Exception):
@@ -47,10 +50,14 @@ def encode_image(image: bytes | str | Path) -> str:
 class VideoClient:
     """Talks to a videoserve backend over HTTP."""
 
-    def __init__(self, base_url: str, timeout: float = 3600.0):
+    def __init__(self, base_url: str, timeout: float = 3600.0, api_key: str | None = None):
+        """``api_key``: for a backend that requires one (default: $VIDEOSERVE_API_KEY)."""
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.session = requests.Session()
+        api_key = api_key or os.environ.get(API_KEY_ENV)
+        if api_key:
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
 
     def _request(self, method: str, path: str, timeout: float | None = None,
                  **kwargs: Any) -> requests.Response:

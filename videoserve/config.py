@@ -249,8 +249,23 @@ class Settings:
     output_path: Path = Path("outputs")
     input_path: Path | None = None
     max_body_bytes: int = 32 * 1024 * 1024
-    max_image_pixels: int = 4096 * 4096
+    # Bodies of all requests in flight together (each counts until its response is sent);
+    # beyond it new ones get 503 with Retry-After. Bounds the ingress's memory.
+    max_inflight_body_bytes: int = 64 * 1024 * 1024
+    # Inputs are fitted to the model's size (at most 480x832) anyway; 8 Mpx still takes a
+    # 4K photo (3840x2160).
+    max_image_pixels: int = 8 * 1024 * 1024
+    # Pixels being decoded at once across requests (a decode peaks at ~10 bytes a pixel);
+    # others wait up to decode_wait_s, then get 503 with Retry-After.
+    max_decode_pixels: int = 24 * 1024 * 1024
+    decode_wait_s: float = 10.0
+    # A client that stops sending in the middle of a body is answered 408 after this long.
+    body_idle_timeout_s: float = 30.0
     request_timeout_s: float = 3600.0
+    # API keys; none: the API is open. Kept out of repr so they are never logged.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # Origins (scheme://host[:port]) whose browser pages may call the API, besides its own.
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def inputs_dir(self) -> Path:

@@ -18,6 +18,7 @@ from ray.serve.handle import DeploymentHandle
 
 from videoserve.config import ModelSpec, Settings, Task
 from videoserve.engines import create_engine
+from videoserve.errors import public_reason
 from videoserve.protocol import Event, WorkItem
 from videoserve.worker import EngineFactory, GeneratorWorker
 
@@ -127,8 +128,9 @@ def _replica_counts(app_name: str, names: dict[str, str]) -> dict[str, dict[str,
         state = "RUNNING" if running else (
             "UNHEALTHY" if str(deployment.status.value) in ("UNHEALTHY", "DEPLOY_FAILED")
             else "LOADING")
-        states[task] = {"state": state, "replicas_running": running,
-                        "message": deployment.message or None}
+        # /ready is public: Serve's message may carry pids, addresses and actor ids.
+        message = public_reason(deployment.message) if deployment.message else None
+        states[task] = {"state": state, "replicas_running": running, "message": message}
     return states
 
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -71,23 +76,58 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
-        code = codes.get(exc.status_code, "http_error")
+        code = getattr(exc, "code", None) or HTTP_CODES.get(exc.status_code, "http_error")
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
         body = error_body(str(exc.detail), kind, code=code)
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(RecursionError)
+    async def _too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+        # json.loads and validators recurse per nesting level: a client's deeply nested body.
+        body = error_body("the body is nested too deeply", "invalid_request_error",
+                          code="invalid_json")
+        return JSONResponse(body, status_code=400)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
         body = error_body(f"internal error: {type(exc).__name__}", "server_error", code="internal")
         return JSONResponse(body, status_code=500)
 
 
-class BodySizeLimit:
-    """ASGI middleware: refuse bodies over ``max_bytes`` with 413 without reading them whole."""
+HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
+              405: "method_not_allowed", 408: "body_timeout", 413: "body_too_large",
+              415: "unsupported_media_type", 503: "busy"}
 
-    def __init__(self, app: Any, max_bytes: int):
+
+# What a failure text from Ray or an engine may carry that clients must not see: file paths,
+# addresses, process and actor ids, the Ray namespace. The full text goes to the log.
+_INTERNALS = [
+    (re.compile(r"\b(pid|ip|node_ip|namespace|actor_id|worker_id|node_id|job_id|task_id|"
+                r"replica_id|name)\s*[=:]\s*['\"]?[^\s,'\")]+", re.IGNORECASE), r"\1=<hidden>"),
+    (re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b"), "<address>"),
+    (re.compile(r"(?<![\w.:/-])(?:~|\.{1,2})?/(?:[\w.@+~-]+/)*[\w.@+~-]*"), "<path>"),
+    (re.compile(r"\b[0-9a-f]{16,}\b", re.IGNORECASE), "<id>"),
+    (re.compile(r"\bpid \d+\b", re.IGNORECASE), "pid <hidden>"),
+]
+
+
+def public_reason(text: str, limit: int = 500) -> str:
+    """``text`` without server internals (paths, addresses, pids, ids), for a client."""
+    for pattern, replacement in _INTERNALS:
+        text = pattern.sub(replacement, text)
+    return text[:limit]
+
+
+class BodySizeLimit:
+    """ASGI middleware for request bodies: 413 over ``max_bytes`` (without reading them whole),
+    503 with Retry-After while the bodies of all requests in flight would pass ``budget``
+    bytes, and 408 when a client stalls for ``idle_timeout_s`` in the middle of one."""
+
+    def __init__(self, app: Any, max_bytes: int, budget: Any = None,
+                 idle_timeout_s: float = 30.0):
         self.app, self.max_bytes = app, max_bytes
+        self.budget, self.idle_timeout_s = budget, idle_timeout_s
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -95,37 +135,71 @@ class BodySizeLimit:
             return
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await self._refuse(send)
+        declared = int(length) if length is not None and length.isdigit() else 0
+        if declared > self.max_bytes:
+            await _refuse(send, _TooLarge(self.max_bytes))
             return
-        seen = 0
+        # A body is held for the whole request (parsed JSON, decoded image), so it counts until
+        # the response is sent. A declared length is reserved before any byte is read.
+        held = 0
+        if self.budget is not None and declared:
+            if not self.budget.try_take(declared):
+                await _refuse(send, _Busy())
+                return
+            held = declared
+        seen, finished = 0, False
 
         async def counted_receive() -> dict:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge(self.max_bytes)
+            nonlocal seen, held, finished
+            if finished:  # past the body, receive only reports a disconnect: no timeout
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.idle_timeout_s)
+            except TimeoutError:
+                raise _SlowBody(self.idle_timeout_s) from None
+            if message["type"] != "http.request":
+                return message
+            finished = not message.get("more_body", False)
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge(self.max_bytes)
+            if self.budget is not None and seen > held:
+                if not self.budget.try_take(seen - held):
+                    raise _Busy()
+                held = seen
             return message
 
         try:
             await self.app(scope, counted_receive, send)
-        except _TooLarge:
-            await self._refuse(send)
-
-    async def _refuse(self, send: Any) -> None:
-        message = f"request body is larger than {self.max_bytes} bytes"
-        response = JSONResponse(
-            error_body(message, "invalid_request_error", code="body_too_large"), status_code=413
-        )
-        await response({"type": "http"}, _no_receive, send)
+        except (_TooLarge, _Busy, _SlowBody) as exc:
+            await _refuse(send, exc)
+        finally:
+            if self.budget is not None:
+                self.budget.give(held)
 
 
+async def _refuse(send: Any, exc: StarletteHTTPException) -> None:
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    body = error_body(str(exc.detail), kind, code=HTTP_CODES[exc.status_code])
+    response = JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    await response({"type": "http"}, _no_receive, send)
+
+
+# HTTPExceptions, so that frameworks which wrap body-parsing errors pass them through as is.
 class _TooLarge(StarletteHTTPException):
-    # An HTTPException so that frameworks which wrap body-parsing errors pass it through as is.
     def __init__(self, max_bytes: int):
         super().__init__(413, f"request body is larger than {max_bytes} bytes")
+
+
+class _Busy(StarletteHTTPException):
+    def __init__(self) -> None:
+        super().__init__(503, "the server is receiving too many request bodies at once; retry "
+                         "shortly", headers={"Retry-After": "1"})
+
+
+class _SlowBody(StarletteHTTPException):
+    def __init__(self, seconds: float):
+        super().__init__(408, f"no part of the request body arrived for {seconds:.0f} s")
 
 
 async def _no_receive() -> dict:

@@ -77,6 +77,11 @@ class Job:
     # Kept for records written when fastvideo progress was estimated; always False now.
     estimated_progress: bool = False
     seq: int = 0  # queue order (the table's row number)
+    # A hash of the API key that created the job (None when the API is open): only that key
+    # sees it.
+    owner: str | None = None
+    # A hash of the request, so a reused Idempotency-Key with another body is refused.
+    request_digest: str | None = None
 
     @property
     def done(self) -> bool:
@@ -115,11 +120,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     status TEXT NOT NULL,
     fingerprint TEXT,
     idempotency_key TEXT UNIQUE,
-    data TEXT NOT NULL
+    data TEXT NOT NULL,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_fingerprint ON jobs (fingerprint, status);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 """
+# Columns added since the first schema; tables written before get them on open.
+ADDED_COLUMNS = {"owner": "TEXT"}
 
 
 class JobStore:
@@ -134,6 +142,11 @@ class JobStore:
         # state change made a burst of submits wait on the disk.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for name, kind in ADDED_COLUMNS.items():
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq)")
         self._lock = threading.Lock()
         self._active: dict[str, Job] = {}
         self._finished: dict[str, asyncio.Event] = {}
@@ -146,10 +159,10 @@ class JobStore:
     def _write(self, job: Job) -> int:
         with self._lock:
             cursor = self._db.execute(
-                "INSERT INTO jobs (id, status, fingerprint, idempotency_key, data) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET status=excluded.status, "
-                "data=excluded.data",
-                (job.id, job.status, job.fingerprint, job.idempotency_key,
+                "INSERT INTO jobs (id, status, fingerprint, idempotency_key, owner, data) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "status=excluded.status, data=excluded.data",
+                (job.id, job.status, job.fingerprint, job.idempotency_key, job.owner,
                  json.dumps(job.to_dict())),
             )
             return cursor.lastrowid or 0
@@ -209,13 +222,19 @@ class JobStore:
         with self._lock:
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
-    def page(self, limit: int, after: str | None, order: str) -> tuple[list[Job], bool]:
-        """Up to ``limit`` jobs after the job ``after`` (newest first for order=desc)."""
+    def page(self, limit: int, after: str | None, order: str,
+             owner: str | None = None) -> tuple[list[Job], bool]:
+        """Up to ``limit`` jobs after the job ``after`` (newest first for order=desc); only
+        ``owner``'s when given."""
         op, direction = ("<", "DESC") if order == "desc" else (">", "ASC")
-        where, args = "", []
+        conditions, args = [], []
         if after:
-            where = f"WHERE seq {op} (SELECT seq FROM jobs WHERE id = ?)"
+            conditions.append(f"seq {op} (SELECT seq FROM jobs WHERE id = ?)")
             args.append(after)
+        if owner is not None:
+            conditions.append("owner = ?")
+            args.append(owner)
+        where = "WHERE " + " AND ".join(conditions) if conditions else ""
         with self._lock:
             rows = self._db.execute(
                 f"SELECT seq, id, data FROM jobs {where} ORDER BY seq {direction} LIMIT ?",

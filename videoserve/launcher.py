@@ -18,12 +18,12 @@ from pathlib import Path
 
 import requests
 
-from videoserve.backend_cli import add_model_flags
-from videoserve.client import BackendError, VideoClient
+from videoserve.backend_cli import API_KEYS_ENV, add_access_flags, add_model_flags, api_keys
+from videoserve.client import API_KEY_ENV, BackendError, VideoClient
 
 ROOT = Path(__file__).resolve().parents[1]
 FORWARDED = ("preset", "engine", "t2v_model_path", "i2v_model_path", "tasks", "replicas",
-             "output_path", "input_path", "ray_address", "num_cpus")
+             "output_path", "input_path", "ray_address", "num_cpus", "cors_origins")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frontend_port", type=int, default=7860)
     parser.add_argument("--ready_timeout", type=float, default=3600.0,
                         help="seconds to wait for the models to load")
+    add_access_flags(parser)
     add_model_flags(parser)
     return parser
 
@@ -43,9 +44,18 @@ def backend_command(args: argparse.Namespace) -> list[str]:
                "--port", str(args.backend_port)]
     for name in FORWARDED:
         value = getattr(args, name)
-        if value is not None:
+        if value is not None and value != "":
             command += [f"--{name}", str(value)]
     return command
+
+
+def key_environments(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
+    """Environments of the backend (every key) and the UI (the first): keys travel in the
+    environment, not on command lines that every local user can list."""
+    keys = api_keys(args)
+    if not keys:
+        return {}, {}
+    return {API_KEYS_ENV: ",".join(keys)}, {API_KEY_ENV: keys[0]}
 
 
 def _pump(name: str, stream, out=sys.stdout) -> None:
@@ -57,11 +67,11 @@ def _pump(name: str, stream, out=sys.stdout) -> None:
 class Managed:
     """A child process in its own process group, with prefixed output."""
 
-    def __init__(self, name: str, command: list[str]):
+    def __init__(self, name: str, command: list[str], env: dict[str, str] | None = None):
         self.name = name
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, bufsize=1, start_new_session=True, cwd=ROOT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         threading.Thread(target=_pump, args=(name, self.proc.stdout), daemon=True).start()
 
     def alive(self) -> bool:
@@ -100,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    backend = Managed("backend", backend_command(args))
+    backend_env, ui_env = key_environments(args)
+    backend = Managed("backend", backend_command(args), backend_env)
     children = [backend]
     try:
         backend_url = f"http://{_connect_host(args.backend_host)}:{args.backend_port}"
@@ -112,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("t2v_model_path", "i2v_model_path"):
             if getattr(args, name):
                 ui_command += [f"--{name}", getattr(args, name)]
-        frontend = Managed("frontend", ui_command)
+        if args.frontend_host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"WARNING: the UI has no login; everyone who reaches {args.frontend_host}:"
+                  f"{args.frontend_port} can generate (and see this key's videos)", flush=True)
+        frontend = Managed("frontend", ui_command, ui_env)
         children.append(frontend)
         frontend_url = f"http://{_connect_host(args.frontend_host)}:{args.frontend_port}"
         if not wait_for_frontend(frontend, frontend_url, stop):

@@ -7,6 +7,7 @@ import binascii
 import io
 import os
 import queue
+import shutil
 import tempfile
 import threading
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 
 class MediaError(ValueError):
@@ -36,24 +37,42 @@ def decode_base64(data: str) -> bytes:
         raise MediaError("image is not valid base64") from exc
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode image bytes to an upright RGB image, refusing huge or broken files."""
+# Formats accepted as input images. Pillow can open many more (some through external programs,
+# e.g. EPS through Ghostscript); a client's upload is only ever tried as one of these.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+UNDECODABLE = "image could not be decoded (PNG, JPEG or WebP expected)"
+
+
+def image_size(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """(width, height) from the image's header, without decoding it; refuses broken, unknown
+    and over-large images."""
     if not data:
         raise MediaError("image is empty")
     try:
-        with Image.open(io.BytesIO(data)) as probe:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as probe:
             width, height = probe.size
-            if width * height > max_pixels:
-                raise MediaError(
-                    f"image is {width}x{height}; at most {max_pixels} pixels are accepted"
-                )
+    except Exception as exc:  # noqa: BLE001 - a client's bytes may break the decoder any way
+        raise MediaError(UNDECODABLE) from exc
+    if width * height > max_pixels:
+        raise MediaError(f"image is {width}x{height}; at most {max_pixels} pixels are accepted")
+    return width, height
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode image bytes to an upright RGB image, refusing huge or broken files."""
+    image_size(data, max_pixels)
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as probe:
             probe.load()
             image = ImageOps.exif_transpose(probe)
             return image.convert("RGB")
-    except MediaError:
-        raise
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise MediaError("image could not be decoded (PNG, JPEG or WebP expected)") from exc
+    except Exception as exc:  # noqa: BLE001 - whatever the decoder raises, the image is bad
+        raise MediaError(UNDECODABLE) from exc
+
+
+def fitted_png(data: bytes, max_pixels: int, width: int, height: int) -> bytes:
+    """The image in ``data`` decoded, fitted to ``width`` x ``height`` and saved as PNG."""
+    return image_to_png(fit_image(decode_image(data, max_pixels), width, height))
 
 
 def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -72,6 +91,39 @@ def png_to_image(data: bytes) -> Image.Image:
         return img.convert("RGB")
 
 
+def temp_prefix() -> str:
+    """Prefix of this process's temp files: they name the process, so that files left by one
+    that was killed can be told apart and removed (``remove_orphaned_temp_files``)."""
+    return f"videoserve-{os.getpid()}-"
+
+
+def remove_orphaned_temp_files(folder: Path | None = None) -> int:
+    """Remove temp files and folders of videoserve processes that no longer run (a replica
+    killed while encoding cannot remove its own); how many were removed."""
+    folder = folder or Path(tempfile.gettempdir())
+    removed = 0
+    for path in folder.glob("videoserve-*-*"):
+        pid = path.name.split("-")[1]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed += 1
+        except OSError:
+            pass  # another process removed it, or it is not ours to remove
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 class Mp4Writer:
     """H.264 yuv420p MP4 with the index up front (+faststart), fed frame chunks in order.
 
@@ -86,7 +138,7 @@ class Mp4Writer:
         self._container: Any = None
         self._stream: Any = None
         # faststart rewrites the file after muxing, which needs a real seekable file.
-        fd, self._path = tempfile.mkstemp(prefix="videoserve-", suffix=".mp4")
+        fd, self._path = tempfile.mkstemp(prefix=temp_prefix(), suffix=".mp4")
         os.close(fd)
 
     def _open(self, height: int, width: int) -> None:

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from videoserve.config import Task
-from videoserve.errors import ApiError
+from videoserve.errors import ApiError, public_reason
 from videoserve.jobs import Job, JobStore
 from videoserve.protocol import Cancelled, Event, Failed, Progress, Result, Started, WorkItem
 
@@ -186,7 +186,9 @@ class JobRunner:
                           "stopped_in_stage": event.stopped_in_stage}
                 self.store.put(job.to("cancelled", cancellation=record, stage=None))
             case Failed(message=message):
-                self.store.put(job.to("failed", error=message, stage=None))
+                # Clients get the reason without server internals; the log keeps it whole.
+                log.warning("job %s failed: %s", job_id, message)
+                self.store.put(job.to("failed", error=public_reason(message), stage=None))
         return self.store.get(job_id) is None or self.store.get(job_id).done
 
     def _learn(self, job: Job) -> None:

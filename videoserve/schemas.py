@@ -16,6 +16,13 @@ def check_frames(value: int | None) -> int | None:
     return value
 
 
+def refuse_bool(value: Any) -> Any:
+    # JSON true is not the number 1 (pydantic's floats would take it as 1.0).
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
 def check_multiple_of_16(value: int | None) -> int | None:
     if value is not None and value % 16:
         raise ValueError("must be a multiple of 16")
@@ -38,17 +45,20 @@ class GenerateVideoRequest(BaseModel):
         default=None, description="Base64 image or data URL (I2V), for clients on other machines"
     )
     negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
-    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
+    # Integers are strict: true, 9.0 and "9" are refused (multipart form fields are converted
+    # before validation, see videos.read_create_body); floats take integers.
+    seed: int | None = Field(default=None, ge=0, le=SEED_MAX, strict=True)
     randomize_seed: bool = False
     guidance_scale: float | None = Field(default=None, ge=0.0, le=50.0)
-    num_frames: int | None = Field(default=None, ge=1, le=1025)
-    height: int | None = Field(default=None, ge=16, le=4096)
-    width: int | None = Field(default=None, ge=16, le=4096)
-    num_inference_steps: int | None = Field(default=None, ge=1, le=1000)
-    fps: int | None = Field(default=None, ge=1, le=120)
+    num_frames: int | None = Field(default=None, ge=1, le=1025, strict=True)
+    height: int | None = Field(default=None, ge=16, le=4096, strict=True)
+    width: int | None = Field(default=None, ge=16, le=4096, strict=True)
+    num_inference_steps: int | None = Field(default=None, ge=1, le=1000, strict=True)
+    fps: int | None = Field(default=None, ge=1, le=120, strict=True)
 
     _frames = field_validator("num_frames")(check_frames)
     _size = field_validator("height", "width")(check_multiple_of_16)
+    _number = field_validator("guidance_scale", mode="before")(refuse_bool)
 
     @field_validator("prompt")
     @classmethod
@@ -69,6 +79,7 @@ class VideoCreateRequest(GenerateVideoRequest):
     size: str | None = Field(default=None, description="WIDTHxHEIGHT, e.g. 832x480")
     seconds: float | None = Field(default=None, gt=0, le=60,
                                   description="duration; mapped to num_frames at the model's fps")
+    _seconds = field_validator("seconds", mode="before")(refuse_bool)
 
 
 class BatchRequest(BaseModel):

@@ -8,9 +8,12 @@ It knows nothing about Ray: generators are reached through ``dispatch(task, item
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import logging
+import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +22,8 @@ from typing import Any
 from videoserve.config import ModelSpec, Settings, Task
 from videoserve.errors import ApiError
 from videoserve.jobs import Job, JobStore, new_job_id
-from videoserve.media import MediaError, decode_base64, decode_image, fit_image, image_to_png
+from videoserve.limits import Budget
+from videoserve.media import MediaError, decode_base64, fitted_png, image_size
 from videoserve.protocol import Result, SamplingParams, resolve
 from videoserve.runner import Capacity, Dispatch, JobRunner, RequestCancel
 from videoserve.schemas import GenerateVideoRequest
@@ -33,20 +37,66 @@ def select_task(request: GenerateVideoRequest) -> Task:
     return "i2v" if request.has_image else "t2v"
 
 
-def sandboxed_path(root: Path, image_path: str) -> Path:
-    """``image_path`` resolved inside ``root``; anything that escapes it is refused (403)."""
-    root = root.resolve()
-    candidate = Path(image_path)
-    if not candidate.is_absolute():
-        candidate = root / candidate
-    resolved = candidate.resolve()
-    if not resolved.is_relative_to(root):
-        raise ApiError(403, f"image_path must be a file inside the input directory {root}",
-                       param="image_path", code="path_not_allowed")
-    if not resolved.is_file():
-        raise ApiError(400, f"image_path {image_path!r} does not exist in the input directory",
-                       param="image_path", code="file_not_found")
-    return resolved
+def _path_error(status: int, message: str, code: str) -> ApiError:
+    return ApiError(status, f"image_path: {message}", param="image_path", code=code)
+
+
+def _inside(root: Path, image_path: str) -> str:
+    """``image_path`` as an absolute path, refused (403) when its name alone leaves ``root``."""
+    if "\x00" in image_path:
+        raise _path_error(400, "must not contain a NUL byte", "invalid_path")
+    # Joined as given (an absolute image_path replaces root) and opened as given: the kernel
+    # resolves it, the descriptor's real path is the check that counts. Its normalised name
+    # must already be inside, so nothing is learned about files outside.
+    candidate = os.path.join(root, image_path)
+    normal = Path(os.path.normpath(candidate))
+    if not (normal.is_relative_to(root) or normal.is_relative_to(root.resolve())):
+        raise _path_error(403, "must name a file inside the input directory", "path_not_allowed")
+    return candidate
+
+
+def read_sandboxed(root: Path, image_path: str, max_bytes: int) -> bytes:
+    """The bytes of ``image_path``, a regular file inside ``root``.
+
+    Race-free: the file is opened once, without following a symlink in its last component
+    (symlinks are refused), the real path of the opened descriptor is checked to be inside
+    ``root`` (a symlinked directory that leads out is refused) and the bytes are read from that
+    same descriptor, so swapping the path between the check and the read changes nothing.
+    Messages never name the server's directories.
+    """
+    root = Path(os.path.abspath(root))
+    candidate = _inside(root, image_path)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(candidate, flags)
+    except OSError as exc:
+        raise _open_error(exc) from None
+    try:
+        real = Path(os.readlink(f"/proc/self/fd/{fd}") if os.path.isdir("/proc/self/fd")
+                    else os.path.realpath(candidate))
+        if not real.is_relative_to(root.resolve()):
+            raise _path_error(403, "must name a file inside the input directory",
+                              "path_not_allowed")
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _path_error(400, "is not a regular file", "file_not_found")
+        if info.st_size > max_bytes:
+            raise _path_error(422, f"the file is larger than {max_bytes} bytes", "invalid_image")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            return handle.read(max_bytes + 1)[:max_bytes]
+    finally:
+        os.close(fd)
+
+
+def _open_error(exc: OSError) -> ApiError:
+    log.info("image_path refused: %s", exc)  # the log may name the path; the client may not
+    if exc.errno == errno.ELOOP:
+        return _path_error(403, "symlinks are not accepted", "path_not_allowed")
+    if exc.errno == errno.ENAMETOOLONG:
+        return _path_error(400, "the name is too long", "invalid_path")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return _path_error(403, "the file may not be read", "path_not_allowed")
+    return _path_error(400, "no such file in the input directory", "file_not_found")
 
 
 @dataclass(frozen=True)
@@ -58,13 +108,29 @@ class Prepared:
     params: SamplingParams
     image_png: bytes | None
     fingerprint: str | None  # set only for explicit seeds: those results can be reused
+    owner: str | None = None  # the caller's key hash (None: the API is open)
+    request_digest: str | None = None  # the request as sent, for Idempotency-Key reuse
 
 
 def fingerprint(task: Task, spec: ModelSpec, params: SamplingParams,
-                image_png: bytes | None) -> str:
+                image_png: bytes | None, owner: str | None = None) -> str:
+    # The owner is part of it: a cached result is only ever another job of the same key.
     digest = hashlib.sha256(image_png).hexdigest() if image_png else None
-    key = json.dumps([task, spec.model, spec.engine, params.to_dict(), digest], sort_keys=True)
+    key = json.dumps([task, spec.model, spec.engine, params.to_dict(), digest, owner],
+                     sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def scoped_key(idempotency_key: str, owner: str | None) -> str:
+    """The stored Idempotency-Key: per owner, so two keys' clients never share one."""
+    if owner is None:
+        return idempotency_key
+    return "owner:" + hashlib.sha256(f"{owner}\0{idempotency_key}".encode()).hexdigest()
+
+
+def visible(job: Job | None, owner: str | None) -> Job | None:
+    """``job`` if ``owner`` may see it: everyone when the API is open, else only its owner."""
+    return job if job is not None and (owner is None or job.owner == owner) else None
 
 
 class VideoService:
@@ -78,6 +144,7 @@ class VideoService:
         self.jobs = JobStore(settings.output_path / "jobs.sqlite3")
         self.runner = JobRunner(self.jobs, dispatch, capacity, self.files.load_input,
                                 self._save_result, request_cancel)
+        self.decode_budget = Budget(settings.max_decode_pixels)
         self.draining = False
         self._drained = asyncio.Event()
         self._waiting: set[str] = set()  # jobs a synchronous request is waiting for
@@ -95,22 +162,26 @@ class VideoService:
         return spec
 
     async def prepare_image(self, request: GenerateVideoRequest, params: SamplingParams) -> bytes:
+        """The input image, decoded within the pixel limits and fitted to the output size."""
         if request.image and request.image_path:
             raise ApiError(422, "give either image or image_path, not both", param="image")
-        if request.image_path:
-            path = sandboxed_path(self.settings.inputs_dir, request.image_path)
-            data, param = await asyncio.to_thread(path.read_bytes), "image_path"
-        else:
-            data, param = None, "image"
+        param = "image_path" if request.image_path else "image"
         try:
-            data = data if data is not None else decode_base64(request.image or "")
-            image = await asyncio.to_thread(decode_image, data, self.settings.max_image_pixels)
-            fitted = fit_image(image, params.width, params.height)
-            return await asyncio.to_thread(image_to_png, fitted)
+            if request.image_path:
+                data = await asyncio.to_thread(read_sandboxed, self.settings.inputs_dir,
+                                               request.image_path, self.settings.max_body_bytes)
+            else:
+                data = decode_base64(request.image or "")
+            width, height = image_size(data, self.settings.max_image_pixels)
+            # Decoding is where an image's size turns into memory: pixels decoded at once are
+            # capped across requests.
+            async with self.decode_budget.hold(width * height, self.settings.decode_wait_s):
+                return await asyncio.to_thread(fitted_png, data, self.settings.max_image_pixels,
+                                               params.width, params.height)
         except MediaError as exc:
             raise ApiError(422, f"{param}: {exc}", param=param, code="invalid_image") from exc
 
-    async def prepare(self, request: GenerateVideoRequest) -> Prepared:
+    async def prepare(self, request: GenerateVideoRequest, owner: str | None = None) -> Prepared:
         """Validate against the chosen model (4xx naming the field) and resolve defaults."""
         task = select_task(request)
         spec = self.spec_for(task)
@@ -123,15 +194,17 @@ class VideoService:
         params = resolve(request, spec)
         image_png = await self.prepare_image(request, params) if task == "i2v" else None
         explicit_seed = request.seed is not None and not request.randomize_seed
-        key = fingerprint(task, spec, params, image_png) if explicit_seed else None
-        return Prepared(task, spec, params, image_png, key)
+        key = fingerprint(task, spec, params, image_png, owner) if explicit_seed else None
+        digest = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
+        return Prepared(task, spec, params, image_png, key, owner, digest)
 
     def enqueue(self, prepared: Prepared, idempotency_key: str | None = None) -> tuple[Job, bool]:
         """Queue a prepared request; (job, cached). A cached job is an earlier identical one."""
-        if idempotency_key:
-            earlier = self.jobs.by_idempotency_key(idempotency_key)
+        stored_key = scoped_key(idempotency_key, prepared.owner) if idempotency_key else None
+        if stored_key:
+            earlier = self.jobs.by_idempotency_key(stored_key)
             if earlier is not None:
-                return earlier, False
+                return self._same_request(earlier, prepared), False
         if prepared.fingerprint:
             earlier = self.jobs.completed_with_fingerprint(prepared.fingerprint)
             if earlier is not None and self.files.video(earlier.id).is_file():
@@ -145,12 +218,22 @@ class VideoService:
         job = Job(id=new_job_id(), task=task, model=spec.model, engine=spec.engine,
                   synthetic=spec.synthetic, params=prepared.params,
                   total_steps=prepared.params.num_inference_steps,
-                  fingerprint=prepared.fingerprint, idempotency_key=idempotency_key)
+                  fingerprint=prepared.fingerprint, idempotency_key=stored_key,
+                  owner=prepared.owner, request_digest=prepared.request_digest)
         if prepared.image_png is not None:
             self.files.save_input(job.id, prepared.image_png)
         job = self.jobs.add(job)
         self.runner.wake(task)
         return job, False
+
+    @staticmethod
+    def _same_request(earlier: Job, prepared: Prepared) -> Job:
+        """The job of a retried request; 409 when the key came with another request."""
+        if earlier.request_digest not in (None, prepared.request_digest):
+            raise ApiError(409, "this Idempotency-Key was used for a different request; use a "
+                           "new key for a new request", param="Idempotency-Key",
+                           code="idempotency_key_reused")
+        return earlier
 
     def enqueue_batch(self, prepared: list[Prepared]) -> list[Job]:
         """Queue all of them or none (429 when a task's queue has no room for its share)."""
@@ -159,15 +242,19 @@ class VideoService:
             self.runner.admit(task, self.spec_for(task).max_queued_requests, share)
         return [self.enqueue(p)[0] for p in prepared]
 
-    async def submit(self, request: GenerateVideoRequest,
-                     idempotency_key: str | None = None) -> tuple[Job, bool]:
-        return self.enqueue(await self.prepare(request), idempotency_key)
+    async def submit(self, request: GenerateVideoRequest, idempotency_key: str | None = None,
+                     owner: str | None = None) -> tuple[Job, bool]:
+        return self.enqueue(await self.prepare(request, owner), idempotency_key)
 
-    def get(self, job_id: str) -> Job | None:
-        return self.jobs.get(job_id)
+    def get(self, job_id: str, owner: str | None = None) -> Job | None:
+        """The job, if ``owner`` may see it (None: the API is open)."""
+        return visible(self.jobs.get(job_id), owner)
 
-    def page(self, limit: int, after: str | None, order: str) -> tuple[list[Job], bool]:
-        return self.jobs.page(limit, after, order)
+    def page(self, limit: int, after: str | None, order: str,
+             owner: str | None = None) -> tuple[list[Job], bool]:
+        if after is not None and self.get(after, owner) is None:
+            return [], False  # paging from another key's job shows nothing
+        return self.jobs.page(limit, after, order, owner)
 
     def queue_position(self, job: Job) -> int | None:
         return self.runner.queue_position(job)
@@ -185,16 +272,17 @@ class VideoService:
     def _save_result(self, job: Job, result: Result) -> dict[str, Any]:
         return self.files.save_result(job, result, f"/videos/{job.id}/video.mp4")
 
-    async def generate(self, request: GenerateVideoRequest) -> dict[str, Any]:
+    async def generate(self, request: GenerateVideoRequest,
+                       owner: str | None = None) -> dict[str, Any]:
         """Submit a job and wait for it: the synchronous route's behaviour."""
-        job, cached = await self.submit(request)
+        job, cached = await self.submit(request, owner=owner)
         self._waiting.add(job.id)
         try:
             job = await self._wait_or_drain(job.id)
         finally:
             self._waiting.discard(job.id)
         if job.status == "failed":
-            raise ApiError(500, f"generation failed: {job.error}", type="server_error",
+            raise ApiError(500, f"job {job.id} failed: {job.error}", type="server_error",
                            code="generation_failed")
         if job.status == "cancelled":
             raise ApiError(409, f"job {job.id} was cancelled", code="cancelled")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import shutil
 import socket
 import sys
@@ -17,7 +18,7 @@ from urllib.parse import urljoin
 import requests
 from PIL import Image, ImageDraw
 
-from videoserve.client import BackendError, VideoClient
+from videoserve.client import API_KEY_ENV, BackendError, VideoClient
 from videoserve.media import probe_mp4
 
 RESPONSE_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -96,6 +97,19 @@ class Checks:
         return (f"{info.frames} frames {info.width}x{info.height} {info.codec} from "
                 f"{result['model']} in {result['total_time']:.2f}s (seed {result['seed']})")
 
+    def access(self) -> str:
+        """With an API key: requests without it are refused, /health is open."""
+        url = self.client.base_url
+        without = requests.get(url + "/v1/videos", timeout=30)
+        expect(without.status_code == 401, f"GET /v1/videos without the key gave "
+               f"{without.status_code}")
+        expect(without.json()["error"]["code"] == "unauthorized", "401 not in the error shape")
+        wrong = requests.get(url + "/v1/videos", headers={"Authorization": "Bearer wrong"},
+                             timeout=30)
+        expect(wrong.status_code == 401, f"a wrong key gave {wrong.status_code}")
+        expect(requests.get(url + "/health", timeout=30).ok, "/health needs no key")
+        return "401 without the key and with a wrong one; /health open"
+
     def response_format(self) -> str:
         expect(len(self.videos) == 2, "the T2V and I2V checks must pass first")
         for result in self.videos:
@@ -108,7 +122,7 @@ class Checks:
                    f"video is {info.codec}/{info.pix_fmt}")
             expect(info.faststart, "moov atom is not before mdat")
             url = urljoin(self.client.base_url + "/", result["video_url"])
-            part = requests.get(url, headers={"Range": "bytes=0-15"}, timeout=30)
+            part = self.client.session.get(url, headers={"Range": "bytes=0-15"}, timeout=30)
             expect(part.status_code == 206 and len(part.content) == 16, "Range not honoured")
         return "fields and types, H.264 yuv420p faststart MP4s, Range requests"
 
@@ -121,8 +135,8 @@ class Checks:
                 raise CheckFailed(f"video {result['id']} still exists after DELETE")
             except BackendError as exc:
                 expect(exc.status == 404, f"GET after DELETE gave {exc.status}")
-            gone = requests.get(urljoin(self.client.base_url + "/", result["video_url"]),
-                                timeout=30)
+            gone = self.client.session.get(
+                urljoin(self.client.base_url + "/", result["video_url"]), timeout=30)
             expect(gone.status_code == 404, f"{result['video_url']} is still served")
         files = [p.name for p in self.workdir.iterdir()]
         shutil.rmtree(self.workdir)
@@ -131,11 +145,13 @@ class Checks:
                 f"files ({', '.join(sorted(files))})")
 
 
-def run_checks(backend_url: str) -> bool:
+def run_checks(backend_url: str, api_key: str | None = None) -> bool:
     """Run every check against ``backend_url``; True when all pass."""
-    checks = Checks(VideoClient(backend_url, timeout=1800),
-                    Path(tempfile.mkdtemp(prefix="videoserve-check-")))
+    client = VideoClient(backend_url, timeout=1800, api_key=api_key)
+    checks = Checks(client, Path(tempfile.mkdtemp(prefix="videoserve-check-")))
     checks.run("health", checks.health)
+    if "Authorization" in client.session.headers:
+        checks.run("api key", checks.access)
     checks.run("t2v", lambda: checks.generate("t2v"))
     checks.run("i2v", lambda: checks.generate("i2v"))
     checks.run("response format", checks.response_format)
@@ -151,21 +167,24 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_with_own_backend() -> bool:
-    """Start a tiny backend in a temporary output folder, check it, stop it, remove the folder."""
+def run_with_own_backend(api_key: str | None = None) -> bool:
+    """Start a tiny backend in a temporary output folder (requiring ``api_key`` when given),
+    check it, stop it, remove the folder."""
+    from videoserve.backend_cli import API_KEYS_ENV
     from videoserve.launcher import ROOT, Managed, wait_for_backend
 
     output = Path(tempfile.mkdtemp(prefix="videoserve-check-out-"))
     port = _free_port()
     backend = Managed("backend", [sys.executable, str(ROOT / "ray_serve_backend.py"),
                                   "--preset", "tiny", "--port", str(port), "--num_cpus", "2",
-                                  "--output_path", str(output)])
+                                  "--output_path", str(output)],
+                      {API_KEYS_ENV: api_key} if api_key else None)
     try:
         url = f"http://127.0.0.1:{port}"
         if not wait_for_backend(backend, url, 600, threading.Event()):
             print("FAIL health: the tiny backend did not start", flush=True)
             return False
-        return run_checks(url)
+        return run_checks(url, api_key)
     finally:
         backend.stop()
         shutil.rmtree(output, ignore_errors=True)
@@ -175,6 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Check a videoserve backend end to end.")
     parser.add_argument("--backend_url", default=None,
                         help="a running backend (default: start a tiny one)")
+    parser.add_argument("--api_key", default=None,
+                        help="the backend's API key (default: $VIDEOSERVE_API_KEY); with no "
+                             "--backend_url, the tiny backend is started requiring it")
     args = parser.parse_args(argv)
-    ok = run_checks(args.backend_url) if args.backend_url else run_with_own_backend()
+    api_key = args.api_key or os.environ.get(API_KEY_ENV)
+    if args.backend_url:
+        ok = run_checks(args.backend_url, api_key)
+    else:
+        ok = run_with_own_backend(api_key)
     return 0 if ok else 1

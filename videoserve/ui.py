@@ -7,7 +7,7 @@ Layout, then wiring (handlers live in ``videoserve.ui_handlers``; ``api_name`` l
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,8 @@ class UiConfig:
     backend_url: str
     t2v_model: str | None = None
     i2v_model: str | None = None
+    # The backend's API key (default: $VIDEOSERVE_API_KEY). The UI itself has no login.
+    api_key: str | None = field(default=None, repr=False)
 
 
 def _params(negative: str, seed: float | None, randomize: bool, guidance: float, frames: float,
@@ -142,7 +144,7 @@ def _history_tab() -> dict[str, Any]:
 
 def build_ui(config: UiConfig, assets: Path | None = None) -> gr.Blocks:
     """The app: a status line, Text-to-Video, Image-to-Video and History tabs."""
-    handlers = Handlers(config.backend_url)
+    handlers = Handlers(config.backend_url, api_key=config.api_key)
     assets = assets or Path(tempfile.gettempdir()) / "videoserve-ui"
     assets.mkdir(parents=True, exist_ok=True)
     with gr.Blocks(title="videoserve — FastVideo T2V / I2V", delete_cache=(3600, 3600)) as demo:
@@ -217,10 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--i2v_model_path", default=None, help="shown in the I2V tab")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0: all)")
     parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--api_key", default=None,
+                        help="the backend's API key (default: $VIDEOSERVE_API_KEY)")
     args = parser.parse_args(argv)
     assets = Path(tempfile.gettempdir()) / "videoserve-ui"
-    demo = build_ui(UiConfig(args.backend_url, args.t2v_model_path, args.i2v_model_path),
-                    assets)
+    demo = build_ui(UiConfig(args.backend_url, args.t2v_model_path, args.i2v_model_path,
+                             args.api_key), assets)
     demo.queue(default_concurrency_limit=8).launch(
         server_name=args.host, server_port=args.port, allowed_paths=[str(assets)],
         show_error=True)

@@ -64,8 +64,9 @@ def progress_text(job: dict[str, Any]) -> str:
 class Handlers:
     """Everything the UI's buttons do."""
 
-    def __init__(self, backend_url: str, downloads: Path | None = None):
-        self.client = VideoClient(backend_url)
+    def __init__(self, backend_url: str, downloads: Path | None = None,
+                 api_key: str | None = None):
+        self.client = VideoClient(backend_url, api_key=api_key)
         self.downloads = downloads or Path(tempfile.mkdtemp(prefix="videoserve-ui-"))
         self.downloads.mkdir(parents=True, exist_ok=True)
         # The job each browser session is running, per task (for the Cancel buttons).

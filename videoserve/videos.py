@@ -24,6 +24,12 @@ from videoserve.schemas import GenerateVideoRequest, VideoCreateRequest
 SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 
 
+# Multipart form fields arrive as text; these become integers before (strict) validation.
+INT_FIELDS = tuple(name for name, info in GenerateVideoRequest.model_fields.items()
+                   if info.annotation == int | None)
+INTEGER = re.compile(r"^\s*[+-]?\d{1,12}\s*$")
+
+
 async def read_create_body(request: Request) -> dict[str, Any]:
     """The fields of a JSON or multipart/form-data POST (files become data URLs)."""
     content_type = request.headers.get("content-type", "")
@@ -35,10 +41,14 @@ async def read_create_body(request: Request) -> dict[str, Any]:
                 data = await value.read()
                 kind = value.content_type or "image/png"
                 value = f"data:{kind};base64," + base64.b64encode(data).decode()
+            elif key in INT_FIELDS and INTEGER.match(value):
+                value = int(value)
             fields[key] = value
         return fields
     try:
         body = await request.json()
+    except RecursionError as exc:
+        raise ApiError(400, "the body is nested too deeply", code="invalid_json") from exc
     except ValueError as exc:
         raise ApiError(422, "the body is not valid JSON", code="invalid_json") from exc
     if not isinstance(body, dict):

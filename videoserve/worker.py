@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from videoserve.config import ModelSpec
 from videoserve.engines import GenerationCancelled, GenerationParams, create_engine
-from videoserve.media import png_to_image
+from videoserve.media import png_to_image, remove_orphaned_temp_files
 from videoserve.protocol import (
     Cancelled,
     Event,
@@ -67,6 +67,8 @@ class GeneratorWorker:
         self.generations = 0
         self.orphans_stopped = 0  # jobs stopped because their ingress was gone
         self.last_orphan: dict[str, Any] | None = None
+        # A replica killed while encoding leaves its temp MP4; the one replacing it removes it.
+        remove_orphaned_temp_files()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{spec.task}-engine")
         start = time.perf_counter()
         self.engine = self._executor.submit(engine_factory, spec).result()

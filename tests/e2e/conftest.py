@@ -12,18 +12,23 @@ from tests.conftest import REPO, free_port
 from videoserve.config import Settings, build_specs
 
 SCREENSHOTS = REPO / "test-output" / "screenshots"
+# The backend requires this key; the UI is given it (a second key shows its jobs are private).
+API_KEY = "e2e-key-one"
+OTHER_KEY = "e2e-key-two"
 
 
 @dataclass
 class UiServer:
     url: str
     backend_url: str
+    api_key: str = API_KEY
 
 
 @pytest.fixture(scope="package")
 def e2e_backend(serve_cluster, tmp_path_factory) -> str:
     """The tiny T2V + I2V app on the shared Serve instance, under /e2e: T2V on the diffusers
-    engine, I2V on fastvideo (through the test-only CPU shim), so the UI meets both engines."""
+    engine, I2V on fastvideo (through the test-only CPU shim), so the UI meets both engines.
+    It requires an API key, as a shared server would."""
     from ray import serve
 
     from videoserve.client import VideoClient
@@ -31,11 +36,13 @@ def e2e_backend(serve_cluster, tmp_path_factory) -> str:
 
     specs = build_specs("tiny", gpu_count=0)
     specs["i2v"] = replace(specs["i2v"], engine="fastvideo")
-    settings = Settings(models=specs, output_path=tmp_path_factory.mktemp("e2e-out"))
+    settings = Settings(models=specs, output_path=tmp_path_factory.mktemp("e2e-out"),
+                        api_keys=(API_KEY, OTHER_KEY))
     serve.run(build_app(settings), name="e2e", route_prefix="/e2e")
     url = serve_cluster.url + "/e2e"
     # serve.run returns once the replicas are up; the models must answer "ready" too.
-    VideoClient(url).wait_ready(timeout=120, poll_s=0.5)
+    VideoClient(url).wait_ready(timeout=120, poll_s=0.5)  # /ready needs no key
+    assert requests.get(url + "/v1/videos", timeout=30).status_code == 401
     yield url
     serve.delete("e2e")
 
@@ -46,7 +53,7 @@ def ui_server(e2e_backend, tmp_path_factory) -> UiServer:
     from videoserve.ui import UiConfig, build_ui
 
     assets = tmp_path_factory.mktemp("ui-assets")
-    demo = build_ui(UiConfig(e2e_backend), assets)
+    demo = build_ui(UiConfig(e2e_backend, api_key=API_KEY), assets)
     port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
                         allowed_paths=[str(assets)], show_error=True, quiet=True)

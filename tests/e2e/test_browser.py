@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.e2e.conftest import SCREENSHOTS
+from tests.e2e.conftest import OTHER_KEY, SCREENSHOTS
 from videoserve.client import VideoClient
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -63,8 +63,8 @@ def page(browser, ui_server):
 
 @pytest.fixture(scope="module")
 def backend_defaults(ui_server) -> dict[str, dict]:
-    return {task: model["defaults"]
-            for task, model in VideoClient(ui_server.backend_url).models().items()}
+    client = VideoClient(ui_server.backend_url, api_key=ui_server.api_key)
+    return {task: model["defaults"] for task, model in client.models().items()}
 
 
 def set_slider(page, elem_id: str, value: int, attempts: int = 3) -> None:
@@ -265,7 +265,7 @@ def test_cancel_stops_the_job(page, backend_defaults, ui_server):
     # No video came back, and the tracker is gone.
     sync_api.expect(page.locator("#t2v-video .progress-level-inner")).to_have_count(0)
     assert page.locator("#t2v-video video").count() == 0
-    jobs = VideoClient(ui_server.backend_url).list(limit=50)["data"]
+    jobs = VideoClient(ui_server.backend_url, api_key=ui_server.api_key).list(limit=50)["data"]
     assert [j["status"] for j in jobs if j["prompt"] == prompt][:1] == ["cancelled"]
     assert screenshot(page, "cancel.png").stat().st_size > 0
 
@@ -276,14 +276,19 @@ def test_history_reuses_settings(page, ui_server):
     settings = {"negative_prompt": "low quality", "seed": 1234, "randomize_seed": False,
                 "guidance_scale": 2.5, "num_frames": 5, "height": 48, "width": 80,
                 "num_inference_steps": 3}
-    client = VideoClient(ui_server.backend_url)
+    client = VideoClient(ui_server.backend_url, api_key=ui_server.api_key)
     job = client.wait(client.submit(prompt, model_type="t2v", **settings)["id"], poll_s=0.1)
     assert job["status"] == "completed", job
+    # Another key's job: the UI (given its own key) never shows it.
+    hidden = f"another key's job {uuid.uuid4().hex[:8]}"
+    VideoClient(ui_server.backend_url, api_key=OTHER_KEY).submit(hidden, model_type="t2v",
+                                                                 num_frames=5)
 
     page.get_by_role("tab", name="History").click()
     page.locator("#history-refresh").click()
     cell = page.locator("#history-table").get_by_text(prompt, exact=True)
     sync_api.expect(cell.first).to_be_visible()
+    sync_api.expect(page.locator("#history-table").get_by_text(hidden)).to_have_count(0)
     cell.first.click()
     page.wait_for_function(VIDEO_LOADED, arg="history-video", timeout=GENERATION_MS)
     sync_api.expect(page.locator("#history-info")).to_contain_text("seed 1234")

@@ -29,3 +29,35 @@ def test_serve_run_builder_parses_the_same_options(tmp_path):
     assert list(settings.models) == ["t2v"] and settings.output_path == tmp_path
     with pytest.raises(SystemExit):
         app_builder({"no_such_flag": "1"})
+
+
+def test_api_keys_and_origins_from_flags_and_environment(monkeypatch, caplog):
+    from videoserve.backend_cli import warn_if_open
+
+    monkeypatch.setenv("VIDEOSERVE_API_KEYS", "k2, k3,,k1")
+    args = build_parser().parse_args(["--preset", "tiny", "--api_key", "k1", "--api_key", "k4",
+                                      "--cors_origins", "https://a.example/, http://b:8080"])
+    settings = settings_from_args(args)
+    assert settings.api_keys == ("k1", "k4", "k2", "k3")
+    assert settings.cors_origins == ("https://a.example", "http://b:8080")
+    assert "k1" not in repr(settings)
+    monkeypatch.delenv("VIDEOSERVE_API_KEYS")
+    open_settings = settings_from_args(build_parser().parse_args(["--preset", "tiny"]))
+    assert open_settings.api_keys == ()
+    with caplog.at_level("WARNING"):
+        warn_if_open("0.0.0.0", open_settings)
+        warn_if_open("127.0.0.1", open_settings)
+    assert len(caplog.records) == 1 and "without an API key" in caplog.text
+
+
+def test_launcher_passes_keys_in_the_environment():
+    from videoserve.launcher import backend_command, key_environments
+    from videoserve.launcher import build_parser as launcher_parser
+
+    args = launcher_parser().parse_args(["--api_key", "secret-1", "--api_key", "secret-2",
+                                         "--cors_origins", "https://a.example"])
+    backend_env, ui_env = key_environments(args)
+    assert backend_env == {"VIDEOSERVE_API_KEYS": "secret-1,secret-2"}
+    assert ui_env == {"VIDEOSERVE_API_KEY": "secret-1"}
+    command = backend_command(args)
+    assert "secret-1" not in " ".join(command) and "https://a.example" in command

@@ -74,3 +74,27 @@ def test_write_atomic_leaves_no_temp_files(tmp_path):
     write_atomic(target, b"defg")
     assert target.read_bytes() == b"defg"
     assert [p.name for p in target.parent.iterdir()] == ["video.mp4"]
+
+
+def test_temp_files_of_dead_processes_are_removed(tmp_path):
+    from videoserve.media import remove_orphaned_temp_files, temp_prefix
+
+    dead = tmp_path / "videoserve-999999999-abc.mp4"  # no such pid
+    dead_dir = tmp_path / "videoserve-999999999-in-xyz"
+    mine = tmp_path / f"{temp_prefix()}def.mp4"
+    other = tmp_path / "videoserve-check-123"
+    for path in (dead, mine):
+        path.write_bytes(b"x")
+    dead_dir.mkdir()
+    other.mkdir()
+    assert remove_orphaned_temp_files(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other.name])
+
+
+def test_any_decoder_failure_is_a_media_error():
+    data = bytearray(png_bytes())
+    data[8:12] = (5).to_bytes(4, "big")  # IHDR length 5: Pillow raised ValueError before
+    with pytest.raises(MediaError):
+        decode_image(bytes(data), max_pixels=10_000)
+    with pytest.raises(MediaError):  # EPS would go to Ghostscript: not an accepted format
+        decode_image(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 1 1\n", max_pixels=10_000)

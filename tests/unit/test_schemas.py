@@ -46,3 +46,21 @@ def test_prompt_limits():
 def test_frames_of_form_4k_plus_1_are_accepted():
     for frames in (1, 5, 9, 61, 81):
         assert GenerateVideoRequest(prompt="x", num_frames=frames).num_frames == frames
+
+
+@pytest.mark.parametrize("field", ["seed", "num_frames", "height", "width",
+                                   "num_inference_steps", "fps", "guidance_scale"])
+@pytest.mark.parametrize("value", [True, False])
+def test_booleans_are_not_numbers(field, value):
+    from pydantic import ValidationError
+
+    from videoserve.schemas import GenerateVideoRequest
+
+    with pytest.raises(ValidationError):
+        GenerateVideoRequest(prompt="x", **{field: value})
+
+
+def test_floats_take_integers():
+    from videoserve.schemas import GenerateVideoRequest
+
+    assert GenerateVideoRequest(prompt="x", guidance_scale=2).guidance_scale == 2.0

@@ -4,7 +4,7 @@ from videoserve.config import build_specs
 from videoserve.errors import ApiError
 from videoserve.protocol import resolve
 from videoserve.schemas import GenerateVideoRequest
-from videoserve.service import sandboxed_path, select_task
+from videoserve.service import read_sandboxed, select_task
 
 TINY = build_specs("tiny", gpu_count=0)
 
@@ -45,15 +45,51 @@ def test_pixel_budget():
 def test_sandbox(tmp_path):
     root = tmp_path / "inputs"
     root.mkdir()
-    (root / "ok.png").write_bytes(b"x")
-    (tmp_path / "secret.png").write_bytes(b"x")
+    (root / "ok.png").write_bytes(b"ok")
+    (tmp_path / "secret.png").write_bytes(b"secret")
     (root / "link.png").symlink_to(tmp_path / "secret.png")
-    assert sandboxed_path(root, "ok.png") == (root / "ok.png").resolve()
-    assert sandboxed_path(root, str(root / "ok.png")) == (root / "ok.png").resolve()
-    for escape in ("../secret.png", str(tmp_path / "secret.png"), "link.png", "/etc/passwd"):
+    (root / "inner.png").symlink_to(root / "ok.png")
+    (root / "outdir").symlink_to(tmp_path)
+    (root / "loop.png").symlink_to(root / "loop.png")
+    assert read_sandboxed(root, "ok.png", 100) == b"ok"
+    assert read_sandboxed(root, str(root / "ok.png"), 100) == b"ok"
+    for escape in ("../secret.png", str(tmp_path / "secret.png"), "link.png", "/etc/passwd",
+                   "inner.png", "outdir/secret.png", "loop.png"):
         with pytest.raises(ApiError) as info:
-            sandboxed_path(root, escape)
-        assert info.value.status == 403
+            read_sandboxed(root, escape, 100)
+        assert info.value.status == 403, escape
+        assert str(tmp_path) not in info.value.message
+    for bad in ("missing.png", "a\x00b.png", "x" * 300, ".", "loop.png/x"):
+        with pytest.raises(ApiError) as info:
+            read_sandboxed(root, bad, 100)
+        assert info.value.status in (400, 403), bad
     with pytest.raises(ApiError) as info:
-        sandboxed_path(root, "missing.png")
-    assert info.value.status == 400
+        read_sandboxed(root, "ok.png", 1)
+    assert info.value.status == 422
+
+
+def test_a_job_table_written_before_owners_still_loads(tmp_path):
+    import json
+    import sqlite3
+
+    from videoserve.jobs import Job, JobStore
+    from videoserve.protocol import SamplingParams
+
+    params = SamplingParams("x", "", 1, 1.0, 5, 16, 16, 1, 8)
+    old = Job(id="video_" + "a" * 24, task="t2v", model="m", engine="e", synthetic=True,
+              params=params).to_dict()
+    for field in ("owner", "request_digest"):
+        old.pop(field)
+    db = sqlite3.connect(tmp_path / "jobs.sqlite3")
+    db.executescript("CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE "
+                     "NOT NULL, status TEXT NOT NULL, fingerprint TEXT, idempotency_key TEXT "
+                     "UNIQUE, data TEXT NOT NULL);")
+    db.execute("INSERT INTO jobs (id, status, data) VALUES (?, 'queued', ?)",
+               (old["id"], json.dumps(old)))
+    db.commit()
+    db.close()
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    job = store.get(old["id"])
+    assert job is not None and job.owner is None and job.status == "queued"
+    assert [j.id for j in store.page(10, None, "desc")[0]] == [job.id]
+    assert store.page(10, None, "desc", owner="someone")[0] == []

@@ -36,6 +36,7 @@ from videoserve.engines.base import (
     GenerationParams,
     ProgressFn,
 )
+from videoserve.media import remove_orphaned_temp_files, temp_prefix
 
 log = logging.getLogger(__name__)
 # How often a waiting generation checks should_cancel() (cancel reaches the child within this).
@@ -124,6 +125,7 @@ class FastVideoEngine:
     def _start_child(self) -> None:
         from videoserve.engines.fastvideo_host import serve_forever
 
+        remove_orphaned_temp_files()  # left by a child that died while encoding
         parent, child = self._ctx.Pipe()
         start = time.perf_counter()
         self._proc = self._ctx.Process(target=serve_forever, name=f"fastvideo-{self.task}",
@@ -203,7 +205,7 @@ class FastVideoEngine:
     @contextlib.contextmanager
     def _request(self, params: GenerationParams) -> Iterator[dict[str, Any]]:
         """fastvideo's keyword arguments; an image goes through a temporary file."""
-        with tempfile.TemporaryDirectory(prefix="videoserve-in-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=temp_prefix() + "in-") as tmp:
             image_path = None
             if params.image is not None:
                 image_path = str(Path(tmp) / "input.png")
