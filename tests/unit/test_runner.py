@@ -106,32 +106,29 @@ def test_nothing_is_dispatched_while_no_replica_is_up(tmp_path):
     asyncio.run(main())
 
 
-def test_a_lost_replica_is_retried_once(tmp_path):
+def run_one(tmp_path, script) -> tuple[Job, list[str]]:
+    """One job through a runner whose generator plays ``script``; (final job, dispatches)."""
     async def main():
         fake = FakeGenerators()
         runner = make_runner(tmp_path, fake)
         job = add(runner)
-        fake.scripts[job.id] = (ConnectionError("replica died"), [])  # the second attempt works
+        fake.scripts[job.id] = script
         runner.start(("t2v",))
         await until(lambda: finished(runner, job))
         runner.stop()
         return runner.store.get(job.id), fake.started
-    job, started = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_a_lost_replica_is_retried_once(tmp_path):
+    # The first attempt's replica dies, the second attempt works.
+    job, started = run_one(tmp_path, (ConnectionError("replica died"), []))
     assert started == [job.id, job.id]
     assert job.status == "completed" and job.attempts == 2
 
 
 def test_a_job_failing_twice_fails_with_the_reason(tmp_path):
-    async def main():
-        fake = FakeGenerators()
-        runner = make_runner(tmp_path, fake)
-        job = add(runner)
-        fake.scripts[job.id] = ConnectionError("gone")
-        runner.start(("t2v",))
-        await until(lambda: finished(runner, job))
-        runner.stop()
-        return runner.store.get(job.id), fake.started
-    job, started = asyncio.run(main())
+    job, started = run_one(tmp_path, ConnectionError("gone"))
     assert started == [job.id, job.id]
     assert job.status == "failed" and job.attempts == 2
     assert job.error == ("the generator replica was lost (ConnectionError); gave up after 2 "
