@@ -37,6 +37,9 @@ RequestCancel = Callable[[str], Awaitable[None]]
 MAX_ATTEMPTS = 2
 WAKE_S = 1.0  # the dispatch loops also look at the queue this often (capacity changes)
 DEFAULT_JOB_S = 30.0  # assumed job length until one has been measured
+# A running job normally stops within a step of its cancel (seconds even for the 14B model);
+# past this the runner ends the job's stream itself.
+FORCE_CANCEL_S = 30.0
 
 
 class JobRunner:
@@ -144,6 +147,8 @@ class JobRunner:
             async for event in stream:
                 if await self._on_event(job_id, event):
                     break
+        except asyncio.CancelledError:
+            reason = "the job's stream was ended"  # by _force_cancel (or the loop stopping)
         except Exception as exc:  # noqa: BLE001 - the replica died or could not be reached
             reason = f"the generator replica was lost ({type(exc).__name__})"
             log.warning("job %s: %s: %s", job_id, reason, exc)
@@ -151,7 +156,13 @@ class JobRunner:
             self._running.pop(job_id, None)
             self.wake(job.task)
         job = self.store.get(job_id)
-        if job is not None and job.status == "in_progress" and not self.stopping:
+        if job is None or job.status != "in_progress" or self.stopping:
+            return
+        if job.cancellation is not None:  # it was asked to stop: it stopped, not failed
+            record = {**job.cancellation, "stopped_at_step": job.step,
+                      "stopped_in_stage": job.stage}
+            self.store.put(job.to("cancelled", cancellation=record, stage=None))
+        else:
             self._requeue_or_fail(job, reason)
 
     def _requeue_or_fail(self, job: Job, reason: str) -> None:
@@ -211,7 +222,19 @@ class JobRunner:
         self.store.put(job.to("in_progress", cancellation=requested))
         if self.request_cancel is not None:
             await self.request_cancel(job_id)
+        asyncio.create_task(self._force_cancel(job_id, FORCE_CANCEL_S))
         try:
             return await self.store.wait(job_id, wait_s)
         except TimeoutError:
             return self.store.get(job_id)
+
+    async def _force_cancel(self, job_id: str, after_s: float) -> None:
+        """If the generator has not stopped a cancelled job by then, end its stream: Serve
+        cancels the request on the replica, whose worker stops the engine at the next step."""
+        try:
+            await self.store.wait(job_id, after_s)
+        except TimeoutError:
+            task = self._running.get(job_id)
+            if task is not None:
+                log.warning("job %s: the generator did not stop it; ending its stream", job_id)
+                task.cancel()

@@ -247,3 +247,22 @@ def test_jobs_of_a_model_no_longer_deployed_fail_at_restart(tmp_path):
     again.recover(("t2v",))
     job = again.store.get(orphan.id)
     assert job.status == "failed" and "i2v model is not deployed" in job.error
+
+
+def test_a_cancel_the_generator_ignores_ends_the_stream(tmp_path, monkeypatch):
+    monkeypatch.setattr("videoserve.runner.FORCE_CANCEL_S", 0.2)
+
+    async def main():
+        fake = FakeGenerators()
+        fake.gate.clear()  # the generator never answers (nor reacts to the cancel board)
+        runner = make_runner(tmp_path, fake)
+        job = add(runner)
+        runner.start(("t2v",))
+        await until(lambda: fake.started == [job.id])
+        await runner.cancel(job.id, wait_s=0.05)
+        await until(lambda: finished(runner, job))
+        runner.stop()
+        return runner.store.get(job.id), fake.running
+    job, running = asyncio.run(main())
+    assert job.status == "cancelled" and job.cancellation["stopped_at_step"] == 0
+    assert running == 0  # the stream was closed
