@@ -56,8 +56,7 @@ def progress_text(job: dict[str, Any]) -> str:
         return f"Queued (position {(detail['queue_position'] or 0) + 1})"
     stage = detail["stage"]
     if stage == "denoising":
-        estimate = " (estimated)" if detail.get("estimated") else ""
-        return f"Denoising step {detail['step']}/{detail['total_steps']}{estimate}"
+        return f"Denoising step {detail['step']}/{detail['total_steps']}"
     return STAGE_TEXT.get(stage, "Starting")
 
 
