@@ -36,14 +36,14 @@ def main() -> None:
     from ray import serve
 
     from videoserve.config import Settings, build_specs
-    from videoserve.deployments import build_app
+    from videoserve.deployments import deploy
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     url = f"http://127.0.0.1:{args.port}"
     with tempfile.TemporaryDirectory() as out:
-        serve.run(build_app(Settings(models=build_specs("tiny", gpu_count=0),
-                                     output_path=Path(out))), name="burst", route_prefix="/")
+        deploy(Settings(models=build_specs("tiny", gpu_count=0), output_path=Path(out)),
+               "burst", "/")
         while requests.get(url + "/ready", timeout=10).status_code != 200:
             time.sleep(0.2)
         body = {"prompt": "burst", "num_frames": 5, "height": 16, "width": 16,

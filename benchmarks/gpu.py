@@ -172,7 +172,7 @@ def both_on_one_gpu(models: dict, args) -> dict:
     from ray import serve
 
     from videoserve.config import Settings, build_specs
-    from videoserve.deployments import build_app
+    from videoserve.deployments import deploy
 
     start = time.perf_counter()
     specs = build_specs("fastwan", t2v_model=str(models["t2v"]), i2v_model=str(models["i2v"]),
@@ -192,8 +192,7 @@ def both_on_one_gpu(models: dict, args) -> dict:
             time.sleep(0.5)
 
     with tempfile.TemporaryDirectory() as out:
-        serve.run(build_app(Settings(models=specs, output_path=Path(out))), name="both",
-                  route_prefix="/")
+        deploy(Settings(models=specs, output_path=Path(out)), "both", "/")
         while requests.get(url + "/ready", timeout=30).status_code != 200:
             time.sleep(0.5)
         ready_s = time.perf_counter() - start

@@ -111,7 +111,7 @@ def served_times(args: argparse.Namespace, model: str,
     from ray import serve
 
     from videoserve.config import Settings, build_specs
-    from videoserve.deployments import build_app
+    from videoserve.deployments import deploy
 
     spec = build_specs("fastwan", t2v_model=model, gpu_count=1, tasks=("t2v",))["t2v"]
     spec = replace(spec, engine_options=options or fastwan_options(args), synthetic=True)
@@ -120,8 +120,7 @@ def served_times(args: argparse.Namespace, model: str,
     url = f"http://127.0.0.1:{args.port}"
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        serve.run(build_app(Settings(models={"t2v": spec}, output_path=Path(out))),
-                  name="bench", route_prefix="/")
+        deploy(Settings(models={"t2v": spec}, output_path=Path(out)), "bench", "/")
         ready_s = time.perf_counter() - start
         try:
             times, inference = [], []

@@ -36,13 +36,13 @@ def served_times(settings, body: dict, runs: int, port: int, threads: int) -> li
     import ray
     from ray import serve
 
-    from videoserve.deployments import build_app
+    from videoserve.deployments import deploy
 
     ray.init(num_cpus=threads + 1, num_gpus=settings.models["t2v"].num_gpus and 1,
              include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}})
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(settings), name="bench", route_prefix="/")
+    deploy(settings, "bench", "/")
     url = f"http://127.0.0.1:{port}/generate_video"
     try:
         requests.post(url, json=body, timeout=600).raise_for_status()  # warm-up

@@ -21,6 +21,7 @@ from videoserve.schemas import (
     ErrorResponse,
     GenerateVideoRequest,
     GenerateVideoResponse,
+    ModelUpdateRequest,
     ReadyResponse,
     VideoCreateRequest,
 )
@@ -49,7 +50,7 @@ def add_middlewares(app: FastAPI, settings: Any) -> None:
                        idle_timeout_s=settings.body_idle_timeout_s)
     app.add_middleware(ApiKeyAuth, keys=settings.api_keys)
     app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
-                       allow_methods=["GET", "HEAD", "POST", "DELETE"],
+                       allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE"],
                        allow_headers=["Authorization", "Content-Type", "Idempotency-Key",
                                       "Range"],
                        expose_headers=["Retry-After", "Content-Range", "Accept-Ranges"])
@@ -88,22 +89,42 @@ def create_app(service: VideoService, readiness: ReadinessFn) -> FastAPI:
 
     @app.get("/ready", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
     async def ready() -> JSONResponse:
-        """503 until every configured model has a running replica."""
+        """503 until every loaded model has a running replica (also while a model is replaced
+        on a GPU that cannot hold both; a switch with room for both never drops it)."""
         states = await readiness()
-        models = {
-            task: {"task": task, "model": spec.model, **states.get(task, {"state": "UNKNOWN"})}
-            for task, spec in service.settings.models.items()
-        }
-        is_ready = all(m["state"] == "RUNNING" for m in models.values())
+        specs = service.current_specs()
+        models = {task: {"task": task, "model": specs[task].model if task in specs else None,
+                         **state} for task, state in states.items()}
+        loaded = [m for m in models.values() if m["state"] != "UNLOADED"]
+        is_ready = bool(loaded) and all(m["state"] == "RUNNING" for m in loaded)
         body = {"ready": is_ready, "models": models}
         return JSONResponse(body, status_code=200 if is_ready else 503)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        """Each deployed model's task, engine, defaults and limits."""
-        data = [{"object": "model", **spec.describe()}
-                for spec in service.settings.models.values()]
+        """Each task's model: engine, defaults, limits, state, and a switch in progress."""
+        if service.models is not None:
+            return {"object": "list", "data": service.models.describe()}
+        data = [{"object": "model", **spec.describe()} for spec in service.current_specs().values()]
         return {"object": "list", "data": data}
+
+    @app.put("/v1/models/{model_type}", status_code=202, responses=ERRORS)
+    async def update_model(model_type: Literal["t2v", "i2v"],
+                           body: ModelUpdateRequest) -> dict[str, Any]:
+        """Load another model folder or hub id for a task, change its engine or replica count,
+        or load an unloaded task, without a restart. Answers at once (202); GET /v1/models
+        shows the switch until the new model serves. Queued jobs wait for the new model;
+        running ones finish on the old one."""
+        changes = body.model_dump(exclude_none=True)
+        if not changes:
+            raise ApiError(422, "give at least one of model, engine, replicas", param="model")
+        return service.update_model(model_type, **changes)
+
+    @app.delete("/v1/models/{model_type}", status_code=202, responses=ERRORS)
+    async def unload_model(model_type: Literal["t2v", "i2v"]) -> dict[str, Any]:
+        """Unload a task's model: its queued jobs fail, running ones finish, then its replicas
+        stop. PUT loads one again."""
+        return service.unload_model(model_type)
 
     return app
 
@@ -178,7 +199,7 @@ def add_video_routes(app: FastAPI, service: VideoService) -> None:
             raise ApiError(422, f"Idempotency-Key: at most {MAX_IDEMPOTENCY_KEY} characters",
                            param="Idempotency-Key")
         create = parse_create(await read_create_body(request))
-        job, cached = await service.submit(to_generate_request(create, service.settings),
+        job, cached = await service.submit(to_generate_request(create, service.current_specs()),
                                            idempotency_key, request_owner(request))
         return view(job, cached)
 
@@ -189,8 +210,8 @@ def add_video_routes(app: FastAPI, service: VideoService) -> None:
         prepared = []
         for index, fields in enumerate(batch.requests):
             create = parse_create(dict(fields), loc=("body", "requests", index))
-            prepared.append(await service.prepare(to_generate_request(create, service.settings),
-                                                  owner))
+            request_body = to_generate_request(create, service.current_specs())
+            prepared.append(await service.prepare(request_body, owner))
         return {"object": "list", "ids": [job.id for job in service.enqueue_batch(prepared)]}
 
     @app.get("/v1/videos/{job_id}", responses=ERRORS)

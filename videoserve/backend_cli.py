@@ -119,14 +119,16 @@ def start(settings: Settings, host: str, port: int, ray_address: str | None,
     import ray
     from ray import serve
 
-    from videoserve.deployments import APP_NAME, build_app
+    from videoserve.deployments import APP_NAME, deploy
 
     if ray_address:
         ray.init(address=ray_address)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False)
     serve.start(http_options={"host": host, "port": port, "keep_alive_timeout_s": KEEP_ALIVE_S})
-    return serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
+    # Loading the 14B model takes minutes on a cold disk; a model that cannot load shows as
+    # UNHEALTHY in /ready long before this.
+    return deploy(settings, APP_NAME, "/", timeout_s=3600)
 
 
 def main(argv: list[str] | None = None) -> int:

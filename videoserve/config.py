@@ -9,6 +9,7 @@ CLI flags (or a ``serve run`` config) and passed down explicitly.
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -266,6 +267,9 @@ class Settings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     # Origins (scheme://host[:port]) whose browser pages may call the API, besides its own.
     cors_origins: tuple[str, ...] = ()
+    # One per backend start: an ingress that Serve restarts within the same run keeps the
+    # models switched at runtime; a new run starts from these settings' models.
+    run_id: str = field(default_factory=lambda: secrets.token_hex(8))
 
     @property
     def inputs_dir(self) -> Path:

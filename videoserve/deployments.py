@@ -1,7 +1,9 @@
 """Ray Serve wrappers: one generator class bound per task, and the FastAPI ingress.
 
-No logic lives here: generators delegate to ``videoserve.worker`` and the ingress to
-``videoserve.service`` / ``videoserve.api``.
+No logic lives here: generators delegate to ``videoserve.worker``, the ingress to
+``videoserve.service`` / ``videoserve.api`` and model switching to ``videoserve.models``.
+Each task's generator replicas are a Serve application of their own (one per *generation*),
+deployed by the ingress, so a model can be replaced without redeploying the ingress.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +23,7 @@ from ray.serve.handle import DeploymentHandle
 from videoserve.config import ModelSpec, Settings, Task
 from videoserve.engines import create_engine
 from videoserve.errors import public_reason
+from videoserve.models import ModelManager, States
 from videoserve.protocol import Event, WorkItem
 from videoserve.worker import EngineFactory, GeneratorWorker
 
@@ -85,6 +90,11 @@ def generator_name(task: Task) -> str:
     return f"{task}_generator"
 
 
+def generator_app(app_name: str, task: str, generation: int) -> str:
+    """The Serve application holding one generation of a task's generator replicas."""
+    return f"{app_name}--{task}-g{generation}"
+
+
 # A health check a second: a replica that died is out of /ready and of the dispatch capacity
 # within about two seconds. The check itself is a cheap call on the replica's event loop.
 @serve.deployment(
@@ -93,8 +103,10 @@ def generator_name(task: Task) -> str:
 class Generator:
     """A replica holding one loaded model (T2V or I2V)."""
 
-    def __init__(self, spec: ModelSpec, engine_factory: EngineFactory | None = None):
-        app_name = serve.get_replica_context().app_name
+    def __init__(self, spec: ModelSpec, engine_factory: EngineFactory | None = None,
+                 board_app: str | None = None):
+        # The cancel board belongs to the ingress's application, not this generation's.
+        app_name = board_app or serve.get_replica_context().app_name
         self.worker = GeneratorWorker(spec, engine_factory or create_engine,
                                       BoardSignal(app_name))
 
@@ -114,43 +126,124 @@ class Generator:
             worker.close()
 
 
-def _replica_counts(app_name: str, names: dict[str, str]) -> dict[str, dict[str, Any]]:
-    status = serve.status().applications.get(app_name)
-    states: dict[str, dict[str, Any]] = {}
-    for task, name in names.items():
-        deployment = status.deployments.get(name) if status else None
-        if deployment is None:
-            states[task] = {"state": "NOT_DEPLOYED", "replicas_running": 0}
-            continue
-        replicas = {str(k.value if hasattr(k, "value") else k): v
-                    for k, v in deployment.replica_states.items()}
-        running = replicas.get("RUNNING", 0)
-        state = "RUNNING" if running else (
-            "UNHEALTHY" if str(deployment.status.value) in ("UNHEALTHY", "DEPLOY_FAILED")
-            else "LOADING")
-        # /ready is public: Serve's message may carry pids, addresses and actor ids.
-        message = public_reason(deployment.message) if deployment.message else None
-        states[task] = {"state": state, "replicas_running": running, "message": message}
-    return states
+def _deployment_state(status: Any) -> dict[str, Any]:
+    deployment = next(iter(status.deployments.values()), None) if status else None
+    if deployment is None:
+        return {"state": "LOADING", "replicas_running": 0, "message": None}
+    replicas = {str(k.value if hasattr(k, "value") else k): v
+                for k, v in deployment.replica_states.items()}
+    running = replicas.get("RUNNING", 0)
+    state = "RUNNING" if running else (
+        "UNHEALTHY" if str(deployment.status.value) in ("UNHEALTHY", "DEPLOY_FAILED")
+        else "LOADING")
+    message = deployment.message or None
+    if message and state == "UNHEALTHY":
+        message = startup_failure(message)
+    # /ready is public: Serve's message may carry pids, addresses and actor ids.
+    return {"state": state, "replicas_running": running,
+            "message": public_reason(message) if message else None}
+
+
+def startup_failure(message: str) -> str:
+    """The short reason a generation did not start, from Serve's deployment message (which
+    holds the replica's traceback, colour codes and all)."""
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", message)
+    errors = re.findall(r"^\s*((?:\w+\.)*\w*(?:Error|Exception)\b: .+)$", plain, re.MULTILINE)
+    reason = errors[-1].strip() if errors else "see the backend log"
+    return f"its replicas did not start ({reason[:300]})"
+
+
+def _generation_states(app_name: str, live: set[tuple[str, int]]) -> States:
+    applications = serve.status().applications
+    return {(task, generation): _deployment_state(
+                applications.get(generator_app(app_name, task, generation)))
+            for task, generation in live}
+
+
+def generator_apps(app_name: str) -> list[str]:
+    """Names of the generator applications of ``app_name`` that Serve holds now."""
+    return [name for name in serve.status().applications if name.startswith(f"{app_name}--")]
+
+
+class ServeDeployer:
+    """Deploys and deletes generations as Serve applications (called from the ingress)."""
+
+    def __init__(self, app_name: str, engine_factory: EngineFactory | None):
+        self.app_name, self.engine_factory = app_name, engine_factory
+
+    async def deploy(self, task: Task, spec: ModelSpec, generation: int) -> None:
+        target = serve.RunTarget(target=generator(spec, self.engine_factory, self.app_name),
+                                 name=generator_app(self.app_name, task, generation),
+                                 route_prefix=None)
+        log.info("deploying %s generation %d: %s via %s", task, generation, spec.model,
+                 spec.engine)
+        # Not waiting for replicas: the ingress's readiness poll follows them.
+        await asyncio.to_thread(serve.run_many, [target],
+                                wait_for_ingress_deployment_creation=False,
+                                wait_for_applications_running=False)
+
+    async def delete(self, task: Task, generation: int) -> None:
+        name = generator_app(self.app_name, task, generation)
+        log.info("deleting %s generation %d", task, generation)
+        await asyncio.to_thread(serve.delete, name, _blocking=False)
+
+    def has_room(self, spec: ModelSpec) -> bool:
+        available = ray.available_resources()
+        if spec.num_gpus > 0:
+            return available.get("GPU", 0.0) + 1e-6 >= spec.num_gpus * spec.replicas
+        return available.get("CPU", 0.0) + 1e-6 >= spec.num_cpus * spec.replicas
+
+
+def generator(spec: ModelSpec, engine_factory: EngineFactory | None,
+              board_app: str) -> serve.Application:
+    """One generation of a task's generator replicas, as a Serve application."""
+    return Generator.options(
+        name=generator_name(spec.task),
+        num_replicas=spec.replicas,
+        max_ongoing_requests=spec.max_ongoing_requests,
+        # The ingress queues jobs and sends a generator no more than it can run, so Serve's
+        # own queue never has to refuse one (it only holds work while a replica restarts).
+        max_queued_requests=-1,
+        # A model that cannot load fails its generation within a few tries (Serve's default
+        # retries for minutes); a switch to it is then rolled back.
+        max_constructor_retry_count=3,
+        ray_actor_options={"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus},
+    ).bind(spec, engine_factory, board_app)
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 @serve.ingress()
 class Ingress:
-    """The HTTP entry point; holds a handle per generator and owns the job queue."""
+    """The HTTP entry point: owns the job queue and the generations of the generators."""
 
-    def __init__(self, settings: Settings, handles: dict[Task, DeploymentHandle]):
+    def __init__(self, settings: Settings, engine_factory: EngineFactory | None = None):
         from videoserve.service import VideoService
 
-        self.settings, self.handles = settings, handles
+        self.settings = settings
         self.app_name = serve.get_replica_context().app_name
         self.board = self._new_board()
-        self.states: dict[str, dict[str, Any]] = {}
-        self.service = VideoService(settings, self._dispatch, self._capacity,
-                                    self._request_cancel)
+        self._handles: dict[tuple[str, int], DeploymentHandle] = {}
+        self._on_generation: dict[str, tuple[str, int]] = {}  # running job -> its generation
+        self.models = ModelManager(settings.models, ServeDeployer(self.app_name, engine_factory),
+                                   settings.output_path / "models.json", settings.run_id,
+                                   self._running_on)
+        self.service = VideoService(settings, self._dispatch, self.models.capacity,
+                                    self._request_cancel, self.models)
         # The constructor runs on the replica's event loop: the runner's tasks live there.
         self.service.start()
-        self._poller = asyncio.get_running_loop().create_task(self._poll_readiness())
+        loop = asyncio.get_running_loop()
+        self._models_started = loop.create_task(self._start_models())
+        self._poller = loop.create_task(self._poll_readiness())
+
+    async def _start_models(self) -> None:
+        await self.models.start()
+        # Generations this ingress does not know (a switch cut short by a restart, or an
+        # earlier run's) would hold replicas for nothing.
+        live = {generator_app(self.app_name, t, g) for t, g in self.models.known_generations()}
+        for name in await asyncio.to_thread(generator_apps, self.app_name):
+            if name not in live:
+                log.info("deleting the leftover generator application %s", name)
+                await asyncio.to_thread(serve.delete, name, _blocking=False)
 
     def _new_board(self) -> Any:
         return CancelBoard.options(name=board_name(self.app_name), namespace=NAMESPACE,
@@ -163,29 +256,56 @@ class Ingress:
             self.board = self._new_board()  # its creator (an older ingress) is gone
             await self.board.cancel.remote(job_id)
 
-    def _dispatch(self, task: Task, item: WorkItem) -> AsyncIterator[Event]:
-        return self.handles[task].options(stream=True).run.remote(item)
+    def _running_on(self, task: Task, generation: int) -> int:
+        return sum(1 for where in self._on_generation.values() if where == (task, generation))
 
-    def _capacity(self, task: Task) -> int:
-        running = self.states.get(task, {}).get("replicas_running", 0)
-        return running * self.settings.models[task].max_ongoing_requests
+    def _handle(self, task: Task, generation: int) -> DeploymentHandle:
+        key = (task, generation)
+        if key not in self._handles:
+            self._handles[key] = serve.get_deployment_handle(
+                generator_name(task), app_name=generator_app(self.app_name, task, generation))
+        return self._handles[key]
+
+    async def _dispatch(self, task: Task, item: WorkItem) -> AsyncIterator[Event]:
+        # The serving generation at dispatch time runs the job to its end, even if a switch
+        # replaces it meanwhile (the old generation is deleted after its last job).
+        slot = self.models.slots[task]
+        if slot.spec is None:
+            raise RuntimeError(f"no {task} model is loaded")
+        where = (task, slot.generation)
+        self._on_generation[item.job_id] = where
+        try:
+            stream = self._handle(*where).options(stream=True).run.remote(item)
+            async for event in stream:
+                yield event
+        finally:
+            self._on_generation.pop(item.job_id, None)
+            self.models.job_ended()
 
     async def _poll_readiness(self) -> None:
-        names = {task: generator_name(task) for task in self.handles}
         while True:
-            try:
-                self.states = await asyncio.to_thread(_replica_counts, self.app_name, names)
-            except Exception:  # noqa: BLE001 - the controller is busy; keep the last answer
-                log.warning("could not read the deployments' status", exc_info=True)
+            await self._refresh_states()
             self.service.runner.wake()
             await asyncio.sleep(READINESS_POLL_S)
+
+    async def _refresh_states(self) -> None:
+        try:
+            states = await asyncio.to_thread(_generation_states, self.app_name,
+                                             self.models.known_generations())
+            self.models.observe(states)
+        except Exception:  # noqa: BLE001 - the controller is busy; keep the last answer
+            log.warning("could not read the deployments' status", exc_info=True)
 
     async def _readiness(self) -> dict[str, dict[str, Any]]:
         # Asked now rather than from the last poll: right after a deploy, /ready must not
         # answer from a state up to a poll interval old.
-        names = {task: generator_name(task) for task in self.handles}
-        self.states = await asyncio.to_thread(_replica_counts, self.app_name, names)
-        return self.states
+        await self._refresh_states()
+        return self.models.readiness()
+
+    async def ready(self) -> bool:
+        """True once every task's model has a running replica (the backend waits for it)."""
+        states = await self._readiness()
+        return all(s["state"] in ("RUNNING", "UNLOADED") for s in states.values())
 
     def info(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "draining": self.service.draining}
@@ -201,20 +321,43 @@ class Ingress:
 
 
 def build_app(settings: Settings, engine_factory: EngineFactory | None = None) -> serve.Application:
-    """The whole service as one Serve application: generators for each configured task.
+    """The service's Serve application: the ingress, which deploys a generator application
+    per configured task (see ``videoserve.models``).
 
     ``engine_factory`` replaces ``create_engine`` (tests use it to wrap engines with faults).
     """
-    handles = {
-        task: Generator.options(
-            name=generator_name(task),
-            num_replicas=spec.replicas,
-            max_ongoing_requests=spec.max_ongoing_requests,
-            # The ingress queues jobs and sends a generator no more than it can run, so Serve's
-            # own queue never has to refuse one (it only holds work while a replica restarts).
-            max_queued_requests=-1,
-            ray_actor_options={"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus},
-        ).bind(spec, engine_factory)
-        for task, spec in settings.models.items()
-    }
-    return Ingress.bind(settings, handles)
+    return Ingress.bind(settings, engine_factory)
+
+
+def deploy(settings: Settings, name: str = APP_NAME, route_prefix: str = "/",
+           engine_factory: EngineFactory | None = None, timeout_s: float = 600.0) -> Any:
+    """Deploy the service and wait until every model has a running replica; its handle."""
+    handle = serve.run(build_app(settings, engine_factory), name=name, route_prefix=route_prefix)
+    wait_ready(handle, timeout_s)
+    return handle
+
+
+def wait_ready(handle: Any, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not handle.ready.remote().result(timeout_s=60):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the models were not running after {timeout_s:.0f} s")
+        time.sleep(READINESS_POLL_S)
+
+
+def undeploy(name: str = APP_NAME) -> None:
+    """Delete the service's application and its generator applications."""
+    children = generator_apps(name)
+    serve.delete(name)
+    for child in children + generator_apps(name):
+        serve.delete(child)
+
+
+def generator_handle(app_name: str, task: Task) -> DeploymentHandle:
+    """A handle to the newest generation of ``task``'s generators (for tests and tools)."""
+    prefix = f"{app_name}--{task}-g"
+    names = [n for n in generator_apps(app_name) if n.startswith(prefix)]
+    if not names:
+        raise LookupError(f"no {task} generator application under {app_name}")
+    newest = max(names, key=lambda n: int(n[len(prefix):]))
+    return serve.get_deployment_handle(generator_name(task), app_name=newest)

@@ -85,7 +85,11 @@ class WorkItem:
 
 @dataclass(frozen=True)
 class Started:
-    pass
+    # The model of the replica that took the job (it may differ from the one the job was
+    # submitted under when the model was switched meanwhile).
+    model: str = ""
+    engine: str = ""
+    synthetic: bool = False
 
 
 @dataclass(frozen=True)

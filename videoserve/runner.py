@@ -83,6 +83,13 @@ class JobRunner:
         for loop in self._loops:
             loop.cancel()
 
+    def fail_queued(self, task: str, reason: str) -> int:
+        """Fail every queued job of ``task`` (its model went away); how many."""
+        queued = [j for j in self.store.active() if j.task == task and j.status == "queued"]
+        for job in queued:
+            self.store.put(job.to("failed", error=reason))
+        return len(queued)
+
     def wake(self, task: str | None = None) -> None:
         for name, event in self._wake.items():
             if task is None or name == task:
@@ -180,8 +187,12 @@ class JobRunner:
         if job is None or job.done:
             return True  # cancelled or deleted while the event was on its way
         match event:
-            case Started():
-                self.store.put(job.to("in_progress", started_at=time.time(), stage="starting"))
+            case Started(model=model, engine=engine, synthetic=synthetic):
+                # The generator names its model: after a switch it differs from the submit's.
+                changes = {"model": model, "engine": engine, "synthetic": synthetic} if model \
+                    else {}
+                self.store.put(job.to("in_progress", started_at=time.time(), stage="starting",
+                                      **changes))
             case Progress(stage=stage, step=step, total_steps=total):
                 self.store.put(job.to("in_progress", step=max(job.step, step),
                                       total_steps=total, stage=stage))

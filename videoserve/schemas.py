@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 MAX_PROMPT_CHARS = 2000
 SEED_MAX = 2**32 - 1
@@ -135,10 +135,22 @@ class ErrorResponse(BaseModel):
 
 class ModelState(BaseModel):
     task: Literal["t2v", "i2v"]
-    model: str
+    model: str | None  # None once the task's model was unloaded
     state: str
     replicas_running: int = 0
     message: str | None = None
+    switching_to: str | None = None
+
+
+class ModelUpdateRequest(BaseModel):
+    """Body of PUT /v1/models/{model_type}: any of the three; the rest stays as it is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, max_length=4096,
+                              description="a Diffusers-format model folder or hub id")
+    engine: Literal["fastvideo", "diffusers"] | None = None
+    replicas: StrictInt | None = Field(None, ge=1, le=64)
 
 
 class ReadyResponse(BaseModel):

@@ -137,8 +137,10 @@ class VideoService:
     """Validates requests, queues them as jobs and answers for them."""
 
     def __init__(self, settings: Settings, dispatch: Dispatch, capacity: Capacity,
-                 request_cancel: RequestCancel | None = None):
+                 request_cancel: RequestCancel | None = None, models: Any = None):
         self.settings = settings
+        # The models served now (a ``videoserve.models.ModelManager``); None: the settings'.
+        self.models = models
         settings.inputs_dir.mkdir(parents=True, exist_ok=True)
         self.files = VideoFiles(settings.videos_dir)
         self.jobs = JobStore(settings.output_path / "jobs.sqlite3")
@@ -153,13 +155,38 @@ class VideoService:
         """Recover unfinished jobs and start dispatching (call on the event loop)."""
         self.runner.start(tuple(self.settings.models))
 
+    def current_specs(self) -> dict[Task, ModelSpec]:
+        """The model each task's new jobs are validated against (unloaded tasks left out)."""
+        if self.models is None:
+            return dict(self.settings.models)
+        return {task: spec for task in self.models.slots
+                if (spec := self.models.spec(task)) is not None}
+
     def spec_for(self, task: Task) -> ModelSpec:
-        spec = self.settings.models.get(task)
+        spec = self.current_specs().get(task)
         if spec is None:
-            deployed = ", ".join(self.settings.models) or "none"
+            if task in self.settings.models:
+                raise ApiError(404, f"the {task} model is unloaded (PUT /v1/models/{task} "
+                               "loads one)", param="model_type", code="model_not_found")
+            deployed = ", ".join(self.current_specs()) or "none"
             raise ApiError(404, f"no {task} model is deployed here (deployed: {deployed})",
                            param="model_type", code="model_not_found")
         return spec
+
+    def update_model(self, task: Task, **changes: Any) -> dict[str, Any]:
+        """Switch ``task`` to another model, engine or replica count (see models.py)."""
+        if self.models is None:
+            raise ApiError(405, "models cannot be changed here", code="not_supported")
+        return self.models.update(task, **changes)
+
+    def unload_model(self, task: Task) -> dict[str, Any]:
+        """Stop serving ``task``; its queued jobs fail with a reason, running ones finish."""
+        if self.models is None:
+            raise ApiError(405, "models cannot be changed here", code="not_supported")
+        described = self.models.unload(task)
+        self.runner.fail_queued(task, f"the {task} model was unloaded before this job started; "
+                                "submit it again once a model is loaded")
+        return described
 
     async def prepare_image(self, request: GenerateVideoRequest, params: SamplingParams) -> bytes:
         """The input image, decoded within the pixel limits and fitted to the output size."""

@@ -123,13 +123,14 @@ def is_complete(model_dir: str | os.PathLike[str], size: ModelSize | str = TINY)
         return False
 
 
-def build_model(task: str, out_dir: Path, size: ModelSize | str = TINY) -> Path:
+def build_model(task: str, out_dir: Path, size: ModelSize | str = TINY, seed: int = 0) -> Path:
     """Build the ``task`` model ("t2v" or "i2v") of ``size`` as ``out_dir/<folder name>``.
 
     The folder is written under a temporary name and renamed into place after its marker file,
     so a crashed build never leaves a folder that looks complete. An existing folder is
     replaced. A full-size I2V links the text encoder, tokenizer and VAE of a complete T2V
-    folder beside it instead of writing its own. Returns the model folder.
+    folder beside it instead of writing its own. ``seed`` changes the DiT's random weights
+    (another model of the same shape, e.g. to switch to). Returns the model folder.
     """
     size = resolve_size(size)
     if task not in TASKS:
@@ -144,7 +145,7 @@ def build_model(task: str, out_dir: Path, size: ModelSize | str = TINY) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=out_dir))
     try:
-        _write_model(size, task, tmp, _shared_source(size, task, out_dir))
+        _write_model(size, task, tmp, _shared_source(size, task, out_dir), seed)
         (tmp / MARKER_NAME).write_text(size.version + "\n", encoding="utf-8")
         _make_world_readable(tmp)
         old = None
@@ -257,7 +258,8 @@ def _release_memory(size: ModelSize) -> None:
         torch.cuda.empty_cache()
 
 
-def _write_model(size: ModelSize, task: str, root: Path, shared: Path | None) -> None:
+def _write_model(size: ModelSize, task: str, root: Path, shared: Path | None,
+                 seed: int = 0) -> None:
     i2v = task == "i2v"
     _write_json(root / "model_index.json", _model_index(task))
     note = _SYNTHETIC_NOTE.format(version=size.version, description=size.descriptions[task])
@@ -267,7 +269,7 @@ def _write_model(size: ModelSize, task: str, root: Path, shared: Path | None) ->
         "tokenizer": lambda folder: _write_tokenizer(folder, size),
         "text_encoder": lambda folder: _write_pretrained(folder, size, "text_encoder"),
         "vae": lambda folder: _write_pretrained(folder, size, "vae"),
-        "transformer": lambda folder: _write_transformer(folder, size, task),
+        "transformer": lambda folder: _write_transformer(folder, size, task, seed),
     }
     if i2v:
         writers["image_encoder"] = lambda folder: _write_image_encoder(folder, size)
@@ -437,12 +439,12 @@ def _save_pretrained(model: Any, folder: Path, size: ModelSize) -> None:
     model.save_pretrained(str(folder), **options)
 
 
-def _write_transformer(folder: Path, size: ModelSize, task: str) -> None:
+def _write_transformer(folder: Path, size: ModelSize, task: str, seed: int = 0) -> None:
     import torch
 
-    torch.manual_seed(_SEEDS["transformer"])
+    torch.manual_seed(_SEEDS["transformer"] + seed)
     model = new_component(size, "transformer", task)
-    _init_small(model, _SEEDS["transformer"], std=size.dit_init_std)
+    _init_small(model, _SEEDS["transformer"] + seed, std=size.dit_init_std)
     _save_pretrained(model, folder, size)
     del model
     _release_memory(size)
@@ -519,6 +521,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="tiny (default: MBs, CPU) or full (the real architectures: tens of GB, a GPU)",
     )
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    parser.add_argument("--seed", type=int, default=0,
+                        help="another seed gives another DiT of the same shape (default 0)")
     args = parser.parse_args(argv)
     if (args.out is None) == (args.out_dir is None):
         parser.error("give the output directory once: OUT_DIR or --out DIR")
@@ -543,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         if task not in args.tasks:
             continue
         start = time.perf_counter()
-        path = build_model(task, args.out, size)
+        path = build_model(task, args.out, size, args.seed)
         elapsed = time.perf_counter() - start
         size_mb = _folder_size(path) / 1e6
         print(f"{task}\t{path}\t{size_mb:.2f} MB\t{elapsed:.1f} s", flush=True)

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from videoserve.config import Settings
+from videoserve.config import ModelSpec
 from videoserve.errors import ApiError
 from videoserve.jobs import Job
 from videoserve.schemas import GenerateVideoRequest, VideoCreateRequest
@@ -72,14 +72,17 @@ def parse_create(fields: dict[str, Any], loc: tuple = ("body",)) -> VideoCreateR
         raise RequestValidationError(errors) from None
 
 
-def to_generate_request(create: VideoCreateRequest, settings: Settings) -> GenerateVideoRequest:
-    """Map OpenAI's fields onto the service's own request."""
+def to_generate_request(create: VideoCreateRequest,
+                        models: dict[str, ModelSpec]) -> GenerateVideoRequest:
+    """Map OpenAI's fields onto the service's own request (``models``: those served now)."""
     fields = create.model_dump(exclude={"model", "size", "seconds"}, exclude_none=True)
     task = fields.get("model_type")
     if create.model is not None:
-        matches = [t for t, s in settings.models.items() if create.model in (t, s.model)]
+        # A task name is always understood (the service says if its model is unloaded).
+        matches = [create.model] if create.model in ("t2v", "i2v") else [
+            t for t, s in models.items() if create.model == s.model]
         if not matches:
-            names = ", ".join(s.model for s in settings.models.values())
+            names = ", ".join(s.model for s in models.values())
             raise ApiError(404, f"model {create.model!r} is not deployed here (models: {names}; "
                            "or use t2v / i2v)", param="model", code="model_not_found")
         if task and task != matches[0]:
@@ -94,7 +97,7 @@ def to_generate_request(create: VideoCreateRequest, settings: Settings) -> Gener
         if create.num_frames is not None:
             raise ApiError(422, "give either seconds or num_frames", param="seconds")
         task = task or ("i2v" if create.has_image else "t2v")
-        spec = settings.models.get(task)
+        spec = models.get(task)
         fps = create.fps or (spec.defaults.fps if spec else 16)
         fields["num_frames"] = 4 * max(0, round(float(create.seconds) * fps / 4)) + 1
     try:

@@ -136,7 +136,7 @@ class GeneratorWorker:
             if cancel.is_set():
                 emit(Cancelled(0, None, None))
                 return
-            emit(Started())
+            emit(Started(self.spec.model, self.spec.engine, self.spec.synthetic))
             image = png_to_image(item.image_png) if item.image_png else None
             params = GenerationParams(**item.params.to_dict(), image=image)
 

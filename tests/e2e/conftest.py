@@ -29,22 +29,21 @@ def e2e_backend(serve_cluster, tmp_path_factory) -> str:
     """The tiny T2V + I2V app on the shared Serve instance, under /e2e: T2V on the diffusers
     engine, I2V on fastvideo (through the test-only CPU shim), so the UI meets both engines.
     It requires an API key, as a shared server would."""
-    from ray import serve
 
     from videoserve.client import VideoClient
-    from videoserve.deployments import build_app
+    from videoserve.deployments import deploy, undeploy
 
     specs = build_specs("tiny", gpu_count=0)
     specs["i2v"] = replace(specs["i2v"], engine="fastvideo")
     settings = Settings(models=specs, output_path=tmp_path_factory.mktemp("e2e-out"),
                         api_keys=(API_KEY, OTHER_KEY))
-    serve.run(build_app(settings), name="e2e", route_prefix="/e2e")
+    deploy(settings, "e2e", "/e2e")
     url = serve_cluster.url + "/e2e"
     # serve.run returns once the replicas are up; the models must answer "ready" too.
     VideoClient(url).wait_ready(timeout=120, poll_s=0.5)  # /ready needs no key
     assert requests.get(url + "/v1/videos", timeout=30).status_code == 401
     yield url
-    serve.delete("e2e")
+    undeploy("e2e")
 
 
 @pytest.fixture(scope="package")

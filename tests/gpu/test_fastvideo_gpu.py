@@ -14,16 +14,15 @@ pytestmark = pytest.mark.gpu
 @pytest.fixture(scope="module")
 def gpu_backend(gpu_cluster, tmp_path_factory):
     import torch
-    from ray import serve
 
-    from videoserve.deployments import build_app
+    from videoserve.deployments import deploy, undeploy
 
     specs = build_specs("tiny", engine="fastvideo", gpu_count=torch.cuda.device_count())
     assert all(spec.num_gpus > 0 for spec in specs.values())
     settings = Settings(models=specs, output_path=tmp_path_factory.mktemp("gpu"))
-    serve.run(build_app(settings), name="gpu", route_prefix="/")
+    deploy(settings, "gpu", "/")
     yield gpu_cluster.url
-    serve.delete("gpu")
+    undeploy("gpu")
 
 
 def test_fastvideo_on_gpu_t2v_and_i2v(gpu_backend):

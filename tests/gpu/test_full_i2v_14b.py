@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from tests.gpu.conftest import WITH_14B
-from tests.gpu.test_full_models import deploy, follow
+from tests.gpu.test_full_models import deploy_model, follow
 from tests.helpers import png_b64
 
 pytestmark = pytest.mark.gpu
@@ -20,9 +20,9 @@ pytestmark = pytest.mark.gpu
 @pytest.mark.skipif(not WITH_14B, reason="set VIDEOSERVE_GPU_TESTS_14B=1 (needs ~64 GiB)")
 def test_full_size_i2v_14b_cancel_frees_the_gpu_within_a_step(gpu_cluster, full_models,
                                                                tmp_path_factory):
-    from ray import serve
+    from videoserve.deployments import undeploy
 
-    name = deploy("i2v", full_models["i2v"], "wan14b", tmp_path_factory)
+    name = deploy_model("i2v", full_models["i2v"], "wan14b", tmp_path_factory)
     url = f"{gpu_cluster.url}/{name}"
     try:
         body = {"prompt": "the picture comes to life", "image": png_b64(832, 480),
@@ -52,4 +52,4 @@ def test_full_size_i2v_14b_cancel_frees_the_gpu_within_a_step(gpu_cluster, full_
         done = follow(url, second["id"], lambda j: j["status"] in ("completed", "failed"))
         assert done[-1][1]["status"] == "completed", done[-1][1]
     finally:
-        serve.delete(name)
+        undeploy(name)

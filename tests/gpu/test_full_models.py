@@ -18,11 +18,10 @@ from videoserve.config import NO_OFFLOAD, Settings, build_specs
 pytestmark = pytest.mark.gpu
 
 
-def deploy(task: str, model: Path, name: str, tmp_path_factory, **options) -> str:
+def deploy_model(task: str, model: Path, name: str, tmp_path_factory, **options) -> str:
     import torch
-    from ray import serve
 
-    from videoserve.deployments import build_app
+    from videoserve.deployments import deploy
 
     spec = build_specs("fastwan", gpu_count=torch.cuda.device_count(), tasks=(task,),
                        **{f"{task}_model": str(model)})[task]
@@ -30,7 +29,7 @@ def deploy(task: str, model: Path, name: str, tmp_path_factory, **options) -> st
                    engine_options={**spec.engine_options, **NO_OFFLOAD, **options})
     settings = Settings(models={task: spec}, output_path=tmp_path_factory.mktemp(name))
     start = time.perf_counter()
-    serve.run(build_app(settings), name=name, route_prefix=f"/{name}")
+    deploy(settings, name, f"/{name}")
     print(f"{name}: deployed and loaded in {time.perf_counter() - start:.1f} s")
     return name
 
@@ -52,11 +51,11 @@ def follow(url: str, job_id: str, until, timeout: float = 900.0) -> list[tuple[f
 
 @pytest.fixture(scope="module")
 def fastwan(gpu_cluster, full_models, tmp_path_factory):
-    from ray import serve
+    from videoserve.deployments import undeploy
 
-    name = deploy("t2v", full_models["t2v"], "fastwan", tmp_path_factory)
+    name = deploy_model("t2v", full_models["t2v"], "fastwan", tmp_path_factory)
     yield f"{gpu_cluster.url}/{name}"
-    serve.delete(name)
+    undeploy(name)
 
 
 def test_full_size_fastwan_480p(fastwan):

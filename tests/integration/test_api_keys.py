@@ -17,15 +17,13 @@ SMALL = {"num_frames": 5, "height": 16, "width": 16, "num_inference_steps": 1}
 
 @pytest.fixture(scope="module")
 def keyed(serve_cluster, tmp_path_factory):
-    from ray import serve
-
-    from videoserve.deployments import build_app
+    from videoserve.deployments import deploy, undeploy
 
     settings = Settings(models=build_specs("tiny", gpu_count=0, tasks=("t2v",)),
                         output_path=tmp_path_factory.mktemp("keyed"), api_keys=(KEY_A, KEY_B))
-    serve.run(build_app(settings), name=APP, route_prefix=f"/{APP}")
+    deploy(settings, APP, f"/{APP}")
     yield f"{serve_cluster.url}/{APP}", settings
-    serve.delete(APP)
+    undeploy(APP)
 
 
 def auth(key: str) -> dict[str, str]:

@@ -28,16 +28,14 @@ LONG_I2V = {"num_frames": 17, "height": 128, "width": 128, "num_inference_steps"
 
 @pytest.fixture(scope="module")
 def fastvideo_backend(serve_cluster, tmp_path_factory):
-    from ray import serve
-
-    from videoserve.deployments import build_app, generator_name
+    from videoserve.deployments import deploy, generator_handle, undeploy
 
     specs = build_specs("tiny", engine="fastvideo", gpu_count=0)
     settings = Settings(models=specs, output_path=tmp_path_factory.mktemp("fv"))
-    serve.run(build_app(settings, crash_fastvideo_worker), name="fv", route_prefix="/fv")
-    i2v = serve.get_deployment_handle(generator_name("i2v"), app_name="fv")
+    deploy(settings, "fv", "/fv", crash_fastvideo_worker)
+    i2v = generator_handle("fv", "i2v")
     yield serve_cluster.url, i2v
-    serve.delete("fv")
+    undeploy("fv")
 
 
 def post(root: str, body: dict) -> requests.Response:

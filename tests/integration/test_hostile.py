@@ -31,19 +31,17 @@ SMALL = {"num_frames": 5, "height": 16, "width": 16, "num_inference_steps": 1}
 
 @pytest.fixture(scope="module")
 def hostile(serve_cluster, tmp_path_factory):
-    from ray import serve
-
-    from videoserve.deployments import build_app
+    from videoserve.deployments import deploy, undeploy
 
     specs = {task: replace(spec, max_queued_requests=1000)
              for task, spec in build_specs("tiny", gpu_count=0).items()}
     settings = Settings(models=specs, output_path=tmp_path_factory.mktemp("hostile"),
                         cors_origins=(ALLOWED_ORIGIN,))
-    serve.run(build_app(settings), name=APP, route_prefix=f"/{APP}")
+    deploy(settings, APP, f"/{APP}")
     url = f"{serve_cluster.url}/{APP}"
     prepare_inputs(settings, tmp_path_factory.mktemp("outside"))
     yield url, settings
-    serve.delete(APP)
+    undeploy(APP)
 
 
 @pytest.fixture(scope="module")

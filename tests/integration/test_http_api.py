@@ -16,30 +16,27 @@ from videoserve.config import Settings, build_specs
 
 @pytest.fixture(scope="module")
 def backend(serve_cluster, tmp_path_factory):
-    from ray import serve
-
-    from videoserve.deployments import build_app
+    from videoserve.deployments import deploy, undeploy
 
     output = tmp_path_factory.mktemp("out")
     settings = Settings(models=build_specs("tiny", gpu_count=0), output_path=output,
                         max_body_bytes=2 * 1024 * 1024)
-    serve.run(build_app(settings), name="tiny", route_prefix="/")
+    deploy(settings, "tiny", "/")
     yield serve_cluster.url, settings
-    serve.delete("tiny")
+    undeploy("tiny")
 
 
 @pytest.fixture(scope="module")
 def faulty_backend(serve_cluster, tmp_path_factory):
     """A T2V-only app whose engine fails on a marker prompt."""
-    from ray import serve
 
-    from videoserve.deployments import build_app
+    from videoserve.deployments import deploy, undeploy
 
     settings = Settings(models=build_specs("tiny", gpu_count=0, tasks=("t2v",)),
                         output_path=tmp_path_factory.mktemp("faulty"))
-    serve.run(build_app(settings, fail_on_marker), name="faulty", route_prefix="/faulty")
+    deploy(settings, "faulty", "/faulty", fail_on_marker)
     yield serve_cluster.url + "/faulty"
-    serve.delete("faulty")
+    undeploy("faulty")
 
 
 def post(url: str, body: dict, **kwargs) -> requests.Response:

@@ -19,21 +19,19 @@ LONG = {"height": 256, "width": 256, "num_frames": 33, "num_inference_steps": 50
 
 @pytest.fixture(scope="module")
 def jobs_backend(serve_cluster, tmp_path_factory):
-    from ray import serve
-
-    from videoserve.deployments import build_app
+    from videoserve.deployments import deploy, undeploy
 
     settings = Settings(models=build_specs("tiny", gpu_count=0),
                         output_path=tmp_path_factory.mktemp("jobs"))
-    serve.run(build_app(settings), name=APP, route_prefix="/" + APP)
+    deploy(settings, APP, "/" + APP)
     yield serve_cluster.url + "/" + APP, settings
-    serve.delete(APP)
+    undeploy(APP)
 
 
 def generations(task: str = "t2v") -> int:
-    from ray import serve
+    from videoserve.deployments import generator_handle
 
-    handle = serve.get_deployment_handle(f"{task}_generator", app_name=APP)
+    handle = generator_handle(APP, task)
     return handle.info.remote().result(timeout_s=120)["generations"]
 
 
@@ -188,19 +186,17 @@ def test_content_route_honours_range_and_states(jobs_backend):
 
 
 def test_jobs_and_videos_survive_a_restart(serve_cluster, tmp_path):
-    from ray import serve
-
-    from videoserve.deployments import build_app
+    from videoserve.deployments import deploy, undeploy
 
     settings = Settings(models=build_specs("tiny", gpu_count=0, tasks=("t2v",)),
                         output_path=tmp_path)
     url = serve_cluster.url + "/restart"
-    serve.run(build_app(settings), name="restart", route_prefix="/restart")
+    deploy(settings, "restart", "/restart")
     job = create(url, {"prompt": "remember me", "num_frames": 5, "seed": 3})
     poll_until(url, job["id"], finished)
     video = requests.get(f"{url}/v1/videos/{job['id']}/content", timeout=30).content
-    serve.delete("restart")
-    serve.run(build_app(settings), name="restart", route_prefix="/restart")
+    undeploy("restart")
+    deploy(settings, "restart", "/restart")
     try:
         state = get(url, job["id"])
         assert state["status"] == "completed" and state["seed"] == 3
@@ -208,7 +204,7 @@ def test_jobs_and_videos_survive_a_restart(serve_cluster, tmp_path):
         again = requests.get(f"{url}/v1/videos/{job['id']}/content", timeout=30)
         assert again.status_code == 200 and again.content == video
     finally:
-        serve.delete("restart")
+        undeploy("restart")
 
 
 def test_python_client_submit_wait_cancel_list_content(jobs_backend):

@@ -23,18 +23,18 @@ LONG = {"num_frames": 9, "height": 256, "width": 256, "num_inference_steps": 40}
 def backend(serve_cluster, tmp_path_factory):
     from ray import serve
 
-    from videoserve.deployments import build_app, generator_name
+    from videoserve.deployments import deploy, generator_handle, undeploy
 
     specs = {task: replace(spec, max_queued_requests=16)
              for task, spec in build_specs("tiny", gpu_count=0).items()}
     settings = Settings(models=specs, output_path=tmp_path_factory.mktemp("res"))
-    serve.run(build_app(settings), name=APP, route_prefix=f"/{APP}")
+    deploy(settings, APP, f"/{APP}")
     handles = {"ingress": serve.get_app_handle(APP),
-               "t2v": serve.get_deployment_handle(generator_name("t2v"), app_name=APP)}
+               "t2v": generator_handle(APP, "t2v")}
     url = f"{serve_cluster.url}/{APP}"
     wait(lambda: requests.get(url + "/ready", timeout=10).status_code == 200, 60)
     yield url, handles
-    serve.delete(APP)
+    undeploy(APP)
 
 
 def wait(predicate, timeout: float, poll_s: float = 0.05):
