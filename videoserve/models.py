@@ -220,7 +220,8 @@ class ModelManager:
         """GET /v1/models: each task's serving model, and a switch in progress."""
         data = []
         for task, slot in self.slots.items():
-            spec = slot.spec or slot.pending
+            # An unloaded task still shows its last model (with state "unloaded").
+            spec = slot.spec or slot.pending or slot.unloaded
             entry: dict[str, Any] = {"object": "model", **(spec.describe() if spec else
                                                            {"id": None, "task": task})}
             entry["state"] = slot.state(self.states)

@@ -110,8 +110,10 @@ def _outputs(prefix: str) -> tuple[gr.Video, gr.Markdown]:
 
 def _task_tab(task: str, title: str, model: str | None, assets: Path) -> dict[str, Any]:
     with gr.Tab(title, id=task):
-        if model:
-            gr.Markdown(f"Model: `{model}`")
+        # Filled from the backend's /v1/models on load and every few seconds (models can be
+        # switched while the backend runs); the flag's value shows until then.
+        model_line = gr.Markdown(f"Model: `{model}`" if model else "Model: …",
+                                 elem_id=f"{task}-model")
         image = (gr.Image(label="Input image", type="filepath", elem_id="i2v-image")
                  if task == "i2v" else None)
         prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{task}-prompt")
@@ -126,7 +128,7 @@ def _task_tab(task: str, title: str, model: str | None, assets: Path) -> dict[st
             gr.Examples([[p, example_image(k, assets)] for p, k in I2V_EXAMPLES],
                         inputs=[prompt, image], label="Examples")
     return {"prompt": prompt, "image": image, "run": run, "cancel": cancel, "params": params,
-            "video": video, "info": info}
+            "video": video, "info": info, "model": model_line}
 
 
 def _history_tab() -> dict[str, Any]:
@@ -164,8 +166,9 @@ def _wire(demo: gr.Blocks, handlers: Handlers, status: gr.Markdown, tabs: gr.Tab
           t2v: dict, i2v: dict, history: dict, seed_out: gr.Number, jobs: gr.State,
           selected: gr.State) -> None:
     timer = gr.Timer(5)
-    timer.tick(handlers.status, outputs=status, api_name=False)
-    demo.load(handlers.status, outputs=status, api_name=False)
+    for trigger in (timer.tick, demo.load):
+        trigger(handlers.status, outputs=status, api_name=False)
+        trigger(handlers.model_lines, outputs=[t2v["model"], i2v["model"]], api_name=False)
     for task, tab in (("t2v", t2v), ("i2v", i2v)):
         p = tab["params"]
         demo.load(lambda task=task: handlers.model_settings(task),

@@ -60,6 +60,21 @@ def progress_text(job: dict[str, Any]) -> str:
     return STAGE_TEXT.get(stage, "Starting")
 
 
+def model_line(model: dict[str, Any] | None) -> str:
+    """``Model: `id` (engine)``, with what a user must know: noise, switching, unloaded."""
+    if model is None or not model.get("id"):
+        return "Model: none deployed for this task"
+    line = f"Model: `{model['id']}` ({model.get('engine', '?')})"
+    if model.get("synthetic"):
+        line += " — random weights: output is noise"
+    if model.get("state") == "unloaded":
+        line += " — **unloaded**"
+    switching = model.get("switching_to")
+    if switching:
+        line += f" — switching to `{switching['id']}`"
+    return line
+
+
 class Handlers:
     """Everything the UI's buttons do."""
 
@@ -79,11 +94,21 @@ class Handlers:
         states = ", ".join(f"{task}: {m.get('state', '?')}" for task, m in models.items())
         return f"Backend ready ({states})" if ready else f"**Backend loading** ({states})"
 
+    def model_lines(self) -> list[Any]:
+        """The model line of the T2V and I2V tabs: what serves each task right now."""
+        try:
+            models = self.client.models()
+        except BackendError:
+            return [gr.update(), gr.update()]  # keep the last known line
+        return [model_line(models.get(task)) for task in ("t2v", "i2v")]
+
     def model_settings(self, task: str) -> list[Any]:
         """Updates for [negative, guidance, frames, height, width, steps] from the backend."""
         try:
             model = self.client.models().get(task, FALLBACK)
         except BackendError:
+            model = FALLBACK
+        if "defaults" not in model:
             model = FALLBACK
         d, lim = model["defaults"], model["limits"]
         return [

@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
 from PIL import Image
 
 from tests.e2e.conftest import OTHER_KEY, SCREENSHOTS
@@ -309,3 +310,33 @@ def test_history_reuses_settings(page, ui_server):
             str(value))
         sync_api.expect(page.locator(f"#t2v-{name} input[type=range]")).to_have_value(
             str(value))
+
+
+def test_tabs_show_the_model_and_follow_a_switch(page, ui_server, tmp_path):
+    from tests.e2e.conftest import API_KEY
+    from videoserve.tiny_models import build_model
+
+    t2v_line, i2v_line = page.locator("#t2v-model"), page.locator("#i2v-model")
+    sync_api.expect(t2v_line).to_contain_text("builtin:tiny-wan-t2v (diffusers)")
+    sync_api.expect(t2v_line).to_contain_text("random weights: output is noise")
+    page.get_by_role("tab", name="Image-to-Video").click()
+    sync_api.expect(i2v_line).to_contain_text("builtin:tiny-wan-i2v (fastvideo)")
+    page.get_by_role("tab", name="Text-to-Video").click()
+
+    other = build_model("t2v", tmp_path, "tiny", seed=1)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    url = ui_server.backend_url + "/v1/models/t2v"
+    try:
+        answer = requests.put(url, json={"model": str(other)}, headers=headers, timeout=30)
+        assert answer.status_code == 202, answer.text
+        # The page is not reloaded: the tab's line follows the backend.
+        sync_api.expect(t2v_line).to_contain_text(f"{other} (diffusers)", timeout=GENERATION_MS)
+        sync_api.expect(t2v_line).not_to_contain_text("switching", timeout=GENERATION_MS)
+        assert screenshot(page, "model-switched.png").stat().st_size > 0
+    finally:
+        # Back to the model the other tests expect.
+        requests.put(url, json={"model": "builtin:tiny-wan-t2v"}, headers=headers, timeout=30)
+        sync_api.expect(t2v_line).to_contain_text("builtin:tiny-wan-t2v (diffusers)",
+                                                  timeout=GENERATION_MS)
+        client = VideoClient(ui_server.backend_url, api_key=API_KEY)
+        assert "switching_to" not in client.models()["t2v"]
