@@ -140,14 +140,20 @@ class Ingress:
     """The HTTP entry point; holds a handle per generator and owns the job queue."""
 
     def __init__(self, settings: Settings, handles: dict[Task, DeploymentHandle]):
+        from videoserve.access_log import quiet_probe_access_logs
+        from videoserve.metrics import ServiceMetrics
         from videoserve.service import VideoService
 
+        quiet_probe_access_logs()
         self.settings, self.handles = settings, handles
         self.app_name = serve.get_replica_context().app_name
         self.board = self._new_board()
         self.states: dict[str, dict[str, Any]] = {}
+        # The gauges read the runner's queue and the replica states when Prometheus scrapes.
+        self.metrics = ServiceMetrics(settings.models, lambda t: self.service.runner.counts(t),
+                                      lambda: self.states)
         self.service = VideoService(settings, self._dispatch, self._capacity,
-                                    self._request_cancel)
+                                    self._request_cancel, self.metrics)
         # The constructor runs on the replica's event loop: the runner's tasks live there.
         self.service.start()
         self._poller = asyncio.get_running_loop().create_task(self._poll_readiness())
@@ -197,7 +203,7 @@ class Ingress:
     def __serve_build_asgi_app__(self) -> Any:
         from videoserve.api import create_app
 
-        return create_app(self.service, self._readiness)
+        return create_app(self.service, self._readiness, self.metrics)
 
 
 def build_app(settings: Settings, engine_factory: EngineFactory | None = None) -> serve.Application:
