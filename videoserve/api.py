@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI, Header, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
@@ -16,6 +16,7 @@ from videoserve import __version__
 from videoserve.errors import ApiError, BodySizeLimit, error_body, install_error_handlers
 from videoserve.jobs import Job, is_job_id
 from videoserve.limits import Budget
+from videoserve.metrics import CONTENT_TYPE, ServiceMetrics
 from videoserve.schemas import (
     BatchRequest,
     ErrorResponse,
@@ -57,8 +58,9 @@ def add_middlewares(app: FastAPI, settings: Any) -> None:
     app.add_middleware(RequestGuard, allowed_origins=settings.cors_origins)
 
 
-def create_app(service: VideoService, readiness: ReadinessFn) -> FastAPI:
-    """The service's FastAPI app (OpenAPI at /docs)."""
+def create_app(service: VideoService, readiness: ReadinessFn,
+               metrics: ServiceMetrics | None = None) -> FastAPI:
+    """The service's FastAPI app (OpenAPI at /docs; Prometheus metrics at /metrics if given)."""
     app = FastAPI(
         title="videoserve",
         version=__version__,
@@ -125,6 +127,13 @@ def create_app(service: VideoService, readiness: ReadinessFn) -> FastAPI:
         """Unload a task's model: its queued jobs fail, running ones finish, then its replicas
         stop. PUT loads one again."""
         return service.unload_model(model_type)
+
+    if metrics is not None:
+        @app.get("/metrics", response_class=Response, responses={401: {"model": ErrorResponse}})
+        async def prometheus_metrics() -> Response:
+            """Prometheus text format; needs the API key like every other route."""
+            # On the event loop, not in a thread: the gauges read the runner's live job table.
+            return Response(metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
     return app
 

@@ -50,6 +50,10 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                              "default: start a local one")
     parser.add_argument("--num_cpus", type=int, default=None,
                         help="CPUs for a locally started Ray (default: all)")
+    parser.add_argument("--metrics_export_port", type=int, default=None,
+                        help="port where a locally started Ray exports its own and Ray Serve's "
+                             "Prometheus metrics (default: a random port); with --ray_address, "
+                             "set it on ray start instead")
 
 
 API_KEYS_ENV = "VIDEOSERVE_API_KEYS"
@@ -114,7 +118,7 @@ def warn_if_open(host: str, settings: Settings) -> None:
 
 
 def start(settings: Settings, host: str, port: int, ray_address: str | None,
-          num_cpus: int | None = None) -> Any:
+          num_cpus: int | None = None, metrics_export_port: int | None = None) -> Any:
     """Start (or join) Ray, deploy the app, wait until every replica is up; return its handle."""
     import ray
     from ray import serve
@@ -122,9 +126,13 @@ def start(settings: Settings, host: str, port: int, ray_address: str | None,
     from videoserve.deployments import APP_NAME, deploy
 
     if ray_address:
+        if metrics_export_port is not None:
+            log.warning("--metrics_export_port applies to a Ray this backend starts; for a "
+                        "cluster pass --metrics-export-port to ray start on each node")
         ray.init(address=ray_address)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=False,
+                 _metrics_export_port=metrics_export_port)
     serve.start(http_options={"host": host, "port": port, "keep_alive_timeout_s": KEEP_ALIVE_S})
     # Loading the 14B model takes minutes on a cold disk; a model that cannot load shows as
     # UNHEALTHY in /ready long before this.
@@ -146,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     _on_stop_signals(stop)
     started = time.perf_counter()
-    app = start(settings, args.host, args.port, args.ray_address, args.num_cpus)
+    app = start(settings, args.host, args.port, args.ray_address, args.num_cpus,
+                args.metrics_export_port)
     # Again after Ray started: ray.init installs its own SIGTERM handler, which would end the
     # process without draining.
     _on_stop_signals(stop)

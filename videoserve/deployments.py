@@ -217,8 +217,11 @@ class Ingress:
     """The HTTP entry point: owns the job queue and the generations of the generators."""
 
     def __init__(self, settings: Settings, engine_factory: EngineFactory | None = None):
+        from videoserve.access_log import quiet_probe_access_logs
+        from videoserve.metrics import ServiceMetrics
         from videoserve.service import VideoService
 
+        quiet_probe_access_logs()
         self.settings = settings
         self.app_name = serve.get_replica_context().app_name
         self.board = self._new_board()
@@ -227,8 +230,12 @@ class Ingress:
         self.models = ModelManager(settings.models, ServeDeployer(self.app_name, engine_factory),
                                    settings.output_path / "models.json", settings.run_id,
                                    self._running_on)
+        # The gauges read the runner's queue and the replica states when Prometheus scrapes.
+        self.metrics = ServiceMetrics(
+            lambda: {t: s.model for t, s in self.service.current_specs().items()},
+            lambda t: self.service.runner.counts(t), self.models.readiness)
         self.service = VideoService(settings, self._dispatch, self.models.capacity,
-                                    self._request_cancel, self.models)
+                                    self._request_cancel, self.models, self.metrics)
         # The constructor runs on the replica's event loop: the runner's tasks live there.
         self.service.start()
         loop = asyncio.get_running_loop()
@@ -317,7 +324,7 @@ class Ingress:
     def __serve_build_asgi_app__(self) -> Any:
         from videoserve.api import create_app
 
-        return create_app(self.service, self._readiness)
+        return create_app(self.service, self._readiness, self.metrics)
 
 
 def build_app(settings: Settings, engine_factory: EngineFactory | None = None) -> serve.Application:

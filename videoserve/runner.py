@@ -11,6 +11,9 @@ Failure semantics: a job whose generator stream breaks (the replica died, the no
 or that was running when the backend stopped goes back to the queue once (``attempts``), then
 fails with a reason. While the backend drains for shutdown, nothing changes state: what was
 queued or running is picked up by the next start.
+
+Every change goes through ``_put``; a ``JobObserver`` (``videoserve.metrics``) hears of new,
+refused, started, progressing and finished jobs.
 """
 
 from __future__ import annotations
@@ -42,16 +45,39 @@ DEFAULT_JOB_S = 30.0  # assumed job length until one has been measured
 FORCE_CANCEL_S = 30.0
 
 
+class JobObserver:
+    """What the runner reports as jobs move (``videoserve.metrics`` counts it); does nothing.
+
+    Calls come from the event loop, after the new state is stored."""
+
+    def on_submitted(self, job: Job) -> None:
+        """A new job was queued."""
+
+    def on_refused(self, task: str, count: int) -> None:
+        """``count`` new jobs were refused because the task's queue is full."""
+
+    def on_started(self, job: Job) -> None:
+        """A generator began the job (its ``started_at`` is set)."""
+
+    def on_progress(self, job: Job) -> None:
+        """The generator reported a stage or a step (``job.stage``, ``job.step``)."""
+
+    def on_final(self, job: Job) -> None:
+        """The job reached completed, failed or cancelled (reported once per job)."""
+
+
 class JobRunner:
     """Owns the job state machine of one ingress."""
 
     def __init__(self, store: JobStore, dispatch: Dispatch, capacity: Capacity,
                  load_image: Callable[[Job], bytes | None],
                  save_result: Callable[[Job, Result], dict[str, Any]],
-                 request_cancel: RequestCancel | None = None):
+                 request_cancel: RequestCancel | None = None,
+                 observer: JobObserver | None = None):
         self.store, self.dispatch, self.capacity = store, dispatch, capacity
         self.load_image, self.save_result = load_image, save_result
         self.request_cancel = request_cancel
+        self.observer = observer or JobObserver()
         self.stopping = False
         self._running: dict[str, asyncio.Task] = {}
         self._wake: dict[str, asyncio.Event] = {}
@@ -72,8 +98,8 @@ class JobRunner:
         model this backend no longer serves fail (they would otherwise wait forever)."""
         for job in self.store.active():
             if job.task not in tasks:
-                self.store.put(job.to("failed", error=f"the {job.task} model is not deployed "
-                                      "since the backend restarted; submit the job again"))
+                self._put(job.to("failed", error=f"the {job.task} model is not deployed "
+                                 "since the backend restarted; submit the job again"))
             elif job.status == "in_progress":
                 self._requeue_or_fail(job, "the backend stopped while this job was running")
 
@@ -97,6 +123,13 @@ class JobRunner:
 
     # -- admission ---------------------------------------------------------------------------
 
+    def submit(self, job: Job) -> Job:
+        """Queue a new (admitted) job."""
+        job = self.store.add(job)
+        self.observer.on_submitted(job)
+        self.wake(job.task)
+        return job
+
     def counts(self, task: str) -> tuple[int, int]:
         """(queued, running) jobs of a task."""
         active = [j for j in self.store.active() if j.task == task]
@@ -108,6 +141,7 @@ class JobRunner:
         queued, running = self.counts(task)
         if queued + count > queue_limit:
             wait = self.estimated_wait_s(task, queued + running)
+            self.observer.on_refused(task, count)
             raise ApiError(429, f"the {task} queue is full ({queued} jobs waiting, about "
                            f"{wait} s of work); retry later", type="server_error",
                            code="queue_full", headers={"Retry-After": str(wait)})
@@ -141,7 +175,7 @@ class JobRunner:
                 pass
 
     def _start_job(self, job: Job) -> None:
-        job = self.store.put(job.to("in_progress"))
+        job = self._put(job.to("in_progress"))
         self._running[job.id] = asyncio.create_task(self._run(job.id), name=job.task)
 
     async def _run(self, job_id: str) -> None:
@@ -168,18 +202,18 @@ class JobRunner:
         if job.cancellation is not None:  # it was asked to stop: it stopped, not failed
             record = {**job.cancellation, "stopped_at_step": job.step,
                       "stopped_in_stage": job.stage}
-            self.store.put(job.to("cancelled", cancellation=record, stage=None))
+            self._put(job.to("cancelled", cancellation=record, stage=None))
         else:
             self._requeue_or_fail(job, reason)
 
     def _requeue_or_fail(self, job: Job, reason: str) -> None:
         if job.attempts < MAX_ATTEMPTS:
             log.info("job %s: %s; queued again (attempt %d done)", job.id, reason, job.attempts)
-            self.store.put(job.to("queued", error=f"retried after: {reason}"))
+            self._put(job.to("queued", error=f"retried after: {reason}"))
             self.wake(job.task)
         else:
-            self.store.put(job.to("failed", error=f"{reason}; gave up after {job.attempts} "
-                                  "attempts"))
+            self._put(job.to("failed", error=f"{reason}; gave up after {job.attempts} "
+                             "attempts"))
 
     async def _on_event(self, job_id: str, event: Event) -> bool:
         """Apply one generator event; True when the job has ended."""
@@ -191,27 +225,38 @@ class JobRunner:
                 # The generator names its model: after a switch it differs from the submit's.
                 changes = {"model": model, "engine": engine, "synthetic": synthetic} if model \
                     else {}
-                self.store.put(job.to("in_progress", started_at=time.time(), stage="starting",
-                                      **changes))
+                job = self._put(job.to("in_progress", started_at=time.time(), stage="starting",
+                                       **changes))
+                self.observer.on_started(job)
             case Progress(stage=stage, step=step, total_steps=total):
-                self.store.put(job.to("in_progress", step=max(job.step, step),
-                                      total_steps=total, stage=stage))
+                job = self._put(job.to("in_progress", step=max(job.step, step),
+                                       total_steps=total, stage=stage))
+                self.observer.on_progress(job)
             case Result():
                 result = await asyncio.to_thread(self.save_result, job, event)
                 self._learn(job)
-                self.store.put(job.to("completed", result=result, step=job.total_steps,
-                                      stage=None, error=None))
+                self._put(job.to("completed", result=result, step=job.total_steps,
+                                 stage=None, error=None))
             case Cancelled():
                 record = {**(job.cancellation or {}),
                           "cancel_received_at_step": event.cancel_received_at_step,
                           "stopped_at_step": event.stopped_at_step,
                           "stopped_in_stage": event.stopped_in_stage}
-                self.store.put(job.to("cancelled", cancellation=record, stage=None))
+                self._put(job.to("cancelled", cancellation=record, stage=None))
             case Failed(message=message):
                 # Clients get the reason without server internals; the log keeps it whole.
                 log.warning("job %s failed: %s", job_id, message)
-                self.store.put(job.to("failed", error=public_reason(message), stage=None))
+                self._put(job.to("failed", error=public_reason(message), stage=None))
         return self.store.get(job_id) is None or self.store.get(job_id).done
+
+    def _put(self, job: Job) -> Job:
+        """Store a job's new version. Every change the runner makes goes through here, so the
+        observer hears of each job reaching a final state, once."""
+        before = self.store.get(job.id)
+        job = self.store.put(job)
+        if job.done and not (before is not None and before.done):
+            self.observer.on_final(job)
+        return job
 
     def _learn(self, job: Job) -> None:
         if job.started_at is None:
@@ -229,8 +274,8 @@ class JobRunner:
             return job
         requested = {"requested_at": time.time(), "requested_at_step": job.step}
         if job.status == "queued":
-            return self.store.put(job.to("cancelled", cancellation=requested))
-        self.store.put(job.to("in_progress", cancellation=requested))
+            return self._put(job.to("cancelled", cancellation=requested))
+        self._put(job.to("in_progress", cancellation=requested))
         if self.request_cancel is not None:
             await self.request_cancel(job_id)
         asyncio.create_task(self._force_cancel(job_id, FORCE_CANCEL_S))

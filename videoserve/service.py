@@ -25,7 +25,7 @@ from videoserve.jobs import Job, JobStore, new_job_id
 from videoserve.limits import Budget
 from videoserve.media import MediaError, decode_base64, fitted_png, image_size
 from videoserve.protocol import Result, SamplingParams, resolve
-from videoserve.runner import Capacity, Dispatch, JobRunner, RequestCancel
+from videoserve.runner import Capacity, Dispatch, JobObserver, JobRunner, RequestCancel
 from videoserve.schemas import GenerateVideoRequest
 from videoserve.storage import VideoFiles
 
@@ -137,7 +137,8 @@ class VideoService:
     """Validates requests, queues them as jobs and answers for them."""
 
     def __init__(self, settings: Settings, dispatch: Dispatch, capacity: Capacity,
-                 request_cancel: RequestCancel | None = None, models: Any = None):
+                 request_cancel: RequestCancel | None = None, models: Any = None,
+                 observer: JobObserver | None = None):
         self.settings = settings
         # The models served now (a ``videoserve.models.ModelManager``); None: the settings'.
         self.models = models
@@ -145,7 +146,7 @@ class VideoService:
         self.files = VideoFiles(settings.videos_dir)
         self.jobs = JobStore(settings.output_path / "jobs.sqlite3")
         self.runner = JobRunner(self.jobs, dispatch, capacity, self.files.load_input,
-                                self._save_result, request_cancel)
+                                self._save_result, request_cancel, observer)
         self.decode_budget = Budget(settings.max_decode_pixels)
         self.draining = False
         self._drained = asyncio.Event()
@@ -249,9 +250,7 @@ class VideoService:
                   owner=prepared.owner, request_digest=prepared.request_digest)
         if prepared.image_png is not None:
             self.files.save_input(job.id, prepared.image_png)
-        job = self.jobs.add(job)
-        self.runner.wake(task)
-        return job, False
+        return self.runner.submit(job), False
 
     @staticmethod
     def _same_request(earlier: Job, prepared: Prepared) -> Job:

@@ -61,3 +61,28 @@ def test_launcher_passes_keys_in_the_environment():
     assert ui_env == {"VIDEOSERVE_API_KEY": "secret-1"}
     command = backend_command(args)
     assert "secret-1" not in " ".join(command) and "https://a.example" in command
+
+
+def test_metrics_export_port_goes_to_a_locally_started_ray(monkeypatch):
+    import ray
+
+    from videoserve.backend_cli import start
+    from videoserve.launcher import backend_command
+    from videoserve.launcher import build_parser as launcher_parser
+
+    class Started(Exception):
+        pass
+
+    seen: dict = {}
+
+    def fake_init(**kwargs):
+        seen.update(kwargs)
+        raise Started
+
+    monkeypatch.setattr(ray, "init", fake_init)
+    args = build_parser().parse_args(["--preset", "tiny", "--metrics_export_port", "9100"])
+    with pytest.raises(Started):
+        start(settings_from_args(args), "127.0.0.1", 8000, None, None, args.metrics_export_port)
+    assert seen["_metrics_export_port"] == 9100
+    command = backend_command(launcher_parser().parse_args(["--metrics_export_port", "9100"]))
+    assert command[-2:] == ["--metrics_export_port", "9100"]
