@@ -32,7 +32,13 @@ def resolve_model_path(model: str) -> Path | str:
 
             return ensure_tiny_models()[task]
     path = Path(model).expanduser()
-    return path if path.exists() else model
+    if path.exists():
+        return path
+    # A path-shaped name that is not there is a typo, not a hub id: say so rather than ask
+    # the hub for it (hub ids look like "org/name").
+    if model.startswith(("/", "./", "../", "~")):
+        raise FileNotFoundError(f"model folder {model} does not exist")
+    return model
 
 
 def warmup_params(spec: ModelSpec) -> GenerationParams:
