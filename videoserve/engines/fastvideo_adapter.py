@@ -193,21 +193,30 @@ class Instrumented:
     """
 
     def __init__(self, generator: Any, sdpa_priority: list[str] | None = None,
-                 cudnn_benchmark: bool = False):
+                 cudnn_benchmark: bool = False, vae_channels_last: bool = False):
         import torch
 
         self.generator = generator
         self.hooks: RunHooks | None = None
         self.sdpa_priority: list[Any] | None = None
+        self.vae_channels_last = False
         for stage in pipeline_of(generator).stages:
             self._wrap(stage)
         cuda = torch.cuda.is_available()
-        if (sdpa_priority or cudnn_benchmark) and not cuda:
+        if (sdpa_priority or cudnn_benchmark or vae_channels_last) and not cuda:
             logging.getLogger(__name__).info(
-                "sdpa_priority / cudnn_benchmark apply to CUDA only; ignored here")
+                "sdpa_priority / cudnn_benchmark / vae_channels_last apply to CUDA only; "
+                "ignored here")
             return
         if cudnn_benchmark:
             torch.backends.cudnn.benchmark = True
+        if vae_channels_last:
+            # cuDNN's channels-last 3-D convolutions use the tensor cores more fully than the
+            # default layout; the decoder's weights and each latent chunk are converted once.
+            self.vae_channels_last = True
+            for stage in pipeline_of(generator).stages:
+                if getattr(stage, "vae", None) is not None:
+                    stage.vae.to(memory_format=torch.channels_last_3d)
         if sdpa_priority:
             from torch.nn.attention import SDPBackend
 
@@ -226,7 +235,8 @@ class Instrumented:
                 hooks.stages_seen.append(kind)
                 hooks.on_stage(kind)
             if kind == "decoding" and hooks is not None and hooks.frame_sink is not None:
-                decoded = _stream_decode(stage, batch, fastvideo_args, hooks)
+                decoded = _stream_decode(stage, batch, fastvideo_args, hooks,
+                                         self.vae_channels_last)
                 if decoded is not None:
                     return decoded
             return original(batch, fastvideo_args)
@@ -270,7 +280,8 @@ class Instrumented:
         self.generator.shutdown()
 
 
-def _stream_decode(stage: Any, batch: Any, fastvideo_args: Any, hooks: RunHooks) -> Any | None:
+def _stream_decode(stage: Any, batch: Any, fastvideo_args: Any, hooks: RunHooks,
+                   channels_last: bool = False) -> Any | None:
     """Decode latent frame by latent frame into the hooks' frame sink (stopping between chunks
     when cancelled); None where only fastvideo's full decode works."""
     import torch
@@ -287,8 +298,11 @@ def _stream_decode(stage: Any, batch: Any, fastvideo_args: Any, hooks: RunHooks)
     cache = None
     with torch.no_grad():
         for index in range(latents.shape[2]):
-            image, cache = stage.streaming_decode(latents[:, :, index:index + 1], fastvideo_args,
-                                                  cache, is_first_chunk=index == 0)
+            chunk = latents[:, :, index:index + 1]
+            if channels_last:
+                chunk = chunk.contiguous(memory_format=torch.channels_last_3d)
+            image, cache = stage.streaming_decode(chunk, fastvideo_args, cache,
+                                                  is_first_chunk=index == 0)
             hooks.frame_sink(_to_host(image))
             if hooks.should_stop():
                 raise StopDenoising()

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 # How often a waiting generation checks should_cancel() (cancel reaches the child within this).
 POLL_S = 0.01
 # Options applied inside the child around generations rather than passed to fastvideo.
-RUNTIME_OPTIONS = ("sdpa_priority", "cudnn_benchmark", "keep_frames")
+RUNTIME_OPTIONS = ("sdpa_priority", "cudnn_benchmark", "vae_channels_last", "keep_frames")
 
 
 def check_params(task: str, params: GenerationParams) -> None:
