@@ -30,6 +30,8 @@ from videoserve.videos import parse_create, read_create_body, to_generate_reques
 
 # Returns per-model readiness: {"t2v": {"state": "RUNNING", "replicas_running": 1, ...}, ...}
 ReadinessFn = Callable[[], Awaitable[dict[str, dict[str, Any]]]]
+# Returns where the ingress and each model's replicas run (Ray node ids).
+PlacementFn = Callable[[], Awaitable[dict[str, Any]]]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 408, 409, 413, 415, 422, 429,
@@ -56,7 +58,8 @@ def add_middlewares(app: FastAPI, settings: Any) -> None:
     app.add_middleware(RequestGuard, allowed_origins=settings.cors_origins)
 
 
-def create_app(service: VideoService, readiness: ReadinessFn) -> FastAPI:
+def create_app(service: VideoService, readiness: ReadinessFn,
+               placement: PlacementFn | None = None) -> FastAPI:
     """The service's FastAPI app (OpenAPI at /docs)."""
     app = FastAPI(
         title="videoserve",
@@ -104,6 +107,12 @@ def create_app(service: VideoService, readiness: ReadinessFn) -> FastAPI:
         data = [{"object": "model", **spec.describe()}
                 for spec in service.settings.models.values()]
         return {"object": "list", "data": data}
+
+    if placement is not None:
+        @app.get("/v1/placement")
+        async def get_placement() -> dict[str, Any]:
+            """The Ray node of the ingress and of each model's replicas (with their state)."""
+            return await placement()
 
     return app
 

@@ -27,6 +27,10 @@ READINESS_POLL_S = 0.5
 
 APP_NAME = "videoserve"
 NAMESPACE = "videoserve"
+# Every Ray node carries this label with its node id (Ray's own way to pin work to a node).
+NODE_ID_LABEL = "ray.io/node-id"
+# Ray gives the head node this resource (amount 1); a small share of it pins to the head.
+HEAD_NODE_RESOURCE = "node:__internal_head__"
 
 
 @ray.remote(num_cpus=0)
@@ -103,7 +107,7 @@ class Generator:
             yield event
 
     def info(self) -> dict[str, Any]:
-        return self.worker.info()
+        return {**self.worker.info(), "node_id": ray.get_runtime_context().get_node_id()}
 
     def check_health(self) -> None:
         self.worker.check_health()
@@ -112,6 +116,23 @@ class Generator:
         worker = getattr(self, "worker", None)
         if worker is not None:
             worker.close()
+
+
+def _replica_nodes(app_name: str, names: dict[str, str]) -> dict[str, list[dict[str, str]]]:
+    """The node and state of each replica of each task's deployment."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeInstanceDetails
+
+    # serve.status() reads these same details from the controller but drops the replicas.
+    details = ServeInstanceDetails(**_get_global_client().get_serve_details())
+    app = details.applications.get(app_name)
+    placement: dict[str, list[dict[str, str]]] = {}
+    for task, name in names.items():
+        deployment = app.deployments.get(name) if app else None
+        replicas = deployment.replicas if deployment else []
+        placement[task] = sorted(({"node_id": r.node_id or "", "state": str(r.state.value)}
+                                  for r in replicas), key=lambda r: (r["node_id"], r["state"]))
+    return placement
 
 
 def _replica_counts(app_name: str, names: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -144,6 +165,7 @@ class Ingress:
 
         self.settings, self.handles = settings, handles
         self.app_name = serve.get_replica_context().app_name
+        self.node_id = ray.get_runtime_context().get_node_id()
         self.board = self._new_board()
         self.states: dict[str, dict[str, Any]] = {}
         self.service = VideoService(settings, self._dispatch, self._capacity,
@@ -188,7 +210,14 @@ class Ingress:
         return self.states
 
     def info(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "draining": self.service.draining}
+        return {"pid": os.getpid(), "draining": self.service.draining, "node_id": self.node_id}
+
+    async def placement(self) -> dict[str, Any]:
+        """Which Ray node runs the ingress and each generator replica (GET /v1/placement)."""
+        names = {task: generator_name(task) for task in self.handles}
+        models = await asyncio.to_thread(_replica_nodes, self.app_name, names)
+        return {"ingress": {"node_id": self.node_id},
+                "models": {task: {"replicas": replicas} for task, replicas in models.items()}}
 
     async def drain(self, timeout_s: float) -> dict[str, int]:
         """Stop accepting work and answer waiting requests (see VideoService.drain)."""
@@ -197,13 +226,30 @@ class Ingress:
     def __serve_build_asgi_app__(self) -> Any:
         from videoserve.api import create_app
 
-        return create_app(self.service, self._readiness)
+        return create_app(self.service, self._readiness, self.placement)
 
 
-def build_app(settings: Settings, engine_factory: EngineFactory | None = None) -> serve.Application:
+def ingress_actor_options(node_id: str | None) -> dict[str, Any]:
+    """Pin the ingress to one node: it owns the job table (SQLite) and the videos under the
+    output path, which must stay on one machine's disk across restarts of the ingress.
+
+    Serve deployments take no scheduling strategy (NodeAffinitySchedulingStrategy), but they do
+    take a label selector, and every node is labelled with its id: ``node_id`` is the node of
+    the backend process. The built-in ``node:<ip>`` resource would not do: nodes that share a
+    machine share its IP. Without a node id (``serve run``'s builder runs before it connects to
+    Ray) the ingress goes to the head node, which is the only node of a local Ray.
+    """
+    if node_id:
+        return {"num_cpus": 0, "label_selector": {NODE_ID_LABEL: node_id}}
+    return {"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}}
+
+
+def build_app(settings: Settings, engine_factory: EngineFactory | None = None,
+              ingress_node_id: str | None = None) -> serve.Application:
     """The whole service as one Serve application: generators for each configured task.
 
     ``engine_factory`` replaces ``create_engine`` (tests use it to wrap engines with faults).
+    ``ingress_node_id`` is the Ray node the ingress must run on (default: the head node).
     """
     handles = {
         task: Generator.options(
@@ -213,8 +259,10 @@ def build_app(settings: Settings, engine_factory: EngineFactory | None = None) -
             # The ingress queues jobs and sends a generator no more than it can run, so Serve's
             # own queue never has to refuse one (it only holds work while a replica restarts).
             max_queued_requests=-1,
-            ray_actor_options={"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus},
+            ray_actor_options={"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus,
+                               "resources": dict(spec.resources)},
         ).bind(spec, engine_factory)
         for task, spec in settings.models.items()
     }
-    return Ingress.bind(settings, handles)
+    ingress = Ingress.options(ray_actor_options=ingress_actor_options(ingress_node_id))
+    return ingress.bind(settings, handles)

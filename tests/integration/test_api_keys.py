@@ -47,6 +47,7 @@ def test_without_a_valid_key_every_route_but_health_and_ready_is_401(keyed):
     assert requests.get(url + "/health", timeout=30).status_code == 200
     assert requests.get(url + "/ready", timeout=30).status_code in (200, 503)
     for method, path in (("GET", "/v1/videos"), ("POST", "/v1/videos"), ("GET", "/v1/models"),
+                         ("GET", "/v1/placement"),
                          ("POST", "/generate_video"), ("GET", "/docs"),
                          ("GET", "/openapi.json"), ("GET", f"/videos/video_{'0' * 24}/video.mp4"),
                          ("DELETE", f"/v1/videos/video_{'0' * 24}")):

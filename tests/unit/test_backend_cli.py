@@ -61,3 +61,58 @@ def test_launcher_passes_keys_in_the_environment():
     assert ui_env == {"VIDEOSERVE_API_KEY": "secret-1"}
     command = backend_command(args)
     assert "secret-1" not in " ".join(command) and "https://a.example" in command
+
+
+def test_generator_resources_go_to_every_generator_replica(tmp_path):
+    args = build_parser().parse_args(["--preset", "tiny", "--output_path", str(tmp_path),
+                                      "--generator_resources", '{"gpu_node": 1, "ssd": 0.5}'])
+    settings = settings_from_args(args)
+    assert [s.resources for s in settings.models.values()] == [{"gpu_node": 1.0, "ssd": 0.5}] * 2
+    app = app_builder({"preset": "tiny", "output_path": str(tmp_path),
+                       "generator_resources": {"gpu_node": 1}})
+    ingress = app._bound_deployment
+    generators = ingress.init_args[1]
+    for task in ("t2v", "i2v"):
+        options = generators[task]._bound_deployment.ray_actor_options
+        assert options["resources"] == {"gpu_node": 1.0} and options["num_cpus"] == 1.0
+    # serve run's builder cannot know the node it will run on: the ingress goes to the head.
+    assert ingress.ray_actor_options["resources"] == {"node:__internal_head__": 0.001}
+    assert ingress.ray_actor_options["num_cpus"] == 0
+
+
+def test_the_backend_pins_the_ingress_to_its_own_node(tmp_path):
+    from videoserve.deployments import build_app
+
+    settings = settings_from_args(build_parser().parse_args(["--preset", "tiny"]))
+    options = build_app(settings, ingress_node_id="ab12")._bound_deployment.ray_actor_options
+    assert options["label_selector"] == {"ray.io/node-id": "ab12"}
+    assert "resources" not in options and options["num_cpus"] == 0
+    generators = build_app(settings)._bound_deployment.init_args[1]
+    assert generators["t2v"]._bound_deployment.ray_actor_options["resources"] == {}
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("gpu_node", "must be a JSON object"),
+    ('["gpu_node"]', "must be a JSON object"),
+    ('{"gpu_node": "1"}', "'gpu_node' must be a number"),
+    ('{"gpu_node": true}', "'gpu_node' must be a number"),
+    ('{"gpu_node": -1}', "'gpu_node' must be positive"),
+    ('{"gpu_node": 0}', "'gpu_node' must be positive"),
+    ('{"GPU": 1}', "'GPU' is not a custom resource name"),
+    ('{" ": 1}', "is not a custom resource name"),
+])
+def test_bad_generator_resources_name_the_problem(capsys, value, message):
+    assert main(["--preset", "tiny", "--generator_resources", value]) == 2
+    err = capsys.readouterr().err
+    assert "--generator_resources" in err and message in err, err
+
+
+def test_launcher_forwards_generator_resources():
+    from videoserve.launcher import backend_command
+    from videoserve.launcher import build_parser as launcher_parser
+
+    args = launcher_parser().parse_args(["--ray_address", "10.0.0.1:6379",
+                                         "--generator_resources", '{"gpu_node": 1}'])
+    command = backend_command(args)
+    assert command[command.index("--generator_resources") + 1] == '{"gpu_node": 1}'
+    assert command[command.index("--ray_address") + 1] == "10.0.0.1:6379"
