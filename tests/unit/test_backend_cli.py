@@ -116,3 +116,47 @@ def test_launcher_forwards_generator_resources():
     command = backend_command(args)
     assert command[command.index("--generator_resources") + 1] == '{"gpu_node": 1}'
     assert command[command.index("--ray_address") + 1] == "10.0.0.1:6379"
+
+
+def test_local_start_never_joins_another_cluster_and_shutdown_removes_only_its_own(
+        monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import ray
+    from ray import serve
+
+    from videoserve import backend_cli
+
+    calls: list = []
+    apps: dict = {}
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(("ray.init", kw)))
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("ray.shutdown"))
+    monkeypatch.setattr(ray, "get_runtime_context",
+                        lambda: SimpleNamespace(get_node_id=lambda: "node-1"))
+    monkeypatch.setattr(serve, "start", lambda **kw: None)
+    monkeypatch.setattr(serve, "run", lambda app, **kw: app)
+    monkeypatch.setattr(serve, "shutdown", lambda: calls.append("serve.shutdown"))
+    monkeypatch.setattr(serve, "delete", lambda name: calls.append(f"serve.delete {name}"))
+    monkeypatch.setattr(serve, "status", lambda: SimpleNamespace(applications=apps))
+    settings = settings_from_args(build_parser().parse_args(["--preset", "tiny"]))
+
+    def run(address, serve_was_running, other_apps=()):
+        calls.clear()
+        apps.clear()
+        apps.update(dict.fromkeys(other_apps))
+        monkeypatch.setattr(backend_cli, "_serve_running", lambda: serve_was_running)
+        running = backend_cli.start(settings, "127.0.0.1", 8000, address)
+        pinned = running.app._bound_deployment.ray_actor_options["label_selector"]
+        assert pinned == {"ray.io/node-id": "node-1"}
+        backend_cli._shutdown(running)
+        return calls[0][1]["address"], calls[1:]
+
+    # A bare ray.init() would join RAY_ADDRESS's cluster or the last `ray start` one.
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.9:6379")
+    assert run(None, False) == ("local", ["serve.shutdown", "ray.shutdown"])
+    joined = "10.0.0.1:6379"
+    assert run(joined, False) == (joined, ["serve.delete videoserve", "serve.shutdown",
+                                           "ray.shutdown"])
+    assert run(joined, True) == (joined, ["serve.delete videoserve", "ray.shutdown"])
+    assert run(joined, False, ["someone_else"]) == (joined, ["serve.delete videoserve",
+                                                             "ray.shutdown"])
