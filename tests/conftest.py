@@ -48,7 +48,9 @@ def serve_cluster(tiny_models) -> ServeCluster:
     os.environ["VIDEOSERVE_FASTVIDEO_CPU_SHIM"] = "1"
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     port = free_port()
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    # "local": a bare ray.init() would join a cluster named by RAY_ADDRESS or started with
+    # `ray start` on this machine (tests/integration/test_cluster.py starts one).
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield ServeCluster(port)
     serve.shutdown()

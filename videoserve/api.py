@@ -32,6 +32,8 @@ from videoserve.videos import parse_create, read_create_body, to_generate_reques
 
 # Returns per-model readiness: {"t2v": {"state": "RUNNING", "replicas_running": 1, ...}, ...}
 ReadinessFn = Callable[[], Awaitable[dict[str, dict[str, Any]]]]
+# Returns where the ingress and each model's replicas run (Ray node ids).
+PlacementFn = Callable[[], Awaitable[dict[str, Any]]]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 408, 409, 413, 415, 422, 429,
@@ -59,7 +61,8 @@ def add_middlewares(app: FastAPI, settings: Any) -> None:
 
 
 def create_app(service: VideoService, readiness: ReadinessFn,
-               metrics: ServiceMetrics | None = None) -> FastAPI:
+               metrics: ServiceMetrics | None = None,
+               placement: PlacementFn | None = None) -> FastAPI:
     """The service's FastAPI app (OpenAPI at /docs; Prometheus metrics at /metrics if given)."""
     app = FastAPI(
         title="videoserve",
@@ -134,6 +137,12 @@ def create_app(service: VideoService, readiness: ReadinessFn,
             """Prometheus text format; needs the API key like every other route."""
             # On the event loop, not in a thread: the gauges read the runner's live job table.
             return Response(metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+    if placement is not None:
+        @app.get("/v1/placement")
+        async def get_placement() -> dict[str, Any]:
+            """The Ray node of the ingress and of each model's replicas (with their state)."""
+            return await placement()
 
     return app
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from videoserve.config import (
     Settings,
     build_specs,
     cuda_gpu_count,
+    parse_resources,
 )
 
 log = logging.getLogger("videoserve.backend")
@@ -54,6 +57,10 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                         help="port where a locally started Ray exports its own and Ray Serve's "
                              "Prometheus metrics (default: a random port); with --ray_address, "
                              "set it on ray start instead")
+    parser.add_argument("--generator_resources", default=None, metavar="JSON",
+                        help="custom Ray resources every generator replica needs, as a JSON "
+                             "object, e.g. '{\"gpu_node\": 1}': in a cluster, replicas go "
+                             "only to nodes started with `ray start --resources` that have them")
 
 
 API_KEYS_ENV = "VIDEOSERVE_API_KEYS"
@@ -99,8 +106,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         raise ConfigError(f"--tasks must name t2v and/or i2v, got {args.tasks!r}")
+    resources = parse_resources(args.generator_resources) if args.generator_resources else {}
     specs = build_specs(preset, args.engine, args.t2v_model_path, args.i2v_model_path,
-                        gpu_count=gpus, replicas=args.replicas, tasks=tasks)  # type: ignore[arg-type]
+                        gpu_count=gpus, replicas=args.replicas, tasks=tasks,  # type: ignore[arg-type]
+                        resources=resources)
     output = Path(args.output_path).expanduser().resolve()
     inputs = Path(args.input_path).expanduser().resolve() if args.input_path else None
     origins = tuple(o.strip().rstrip("/") for o in args.cors_origins.split(",") if o.strip())
@@ -117,9 +126,18 @@ def warn_if_open(host: str, settings: Settings) -> None:
                     "--api_key KEY (or set %s) or bind 127.0.0.1.", host, API_KEYS_ENV)
 
 
+@dataclass(frozen=True)
+class Running:
+    """What ``start`` created, so that shutting down removes exactly that."""
+
+    app: Any  # the ingress's handle
+    joined_cluster: bool  # Ray ran before the backend (--ray_address): never stop its nodes
+    started_serve: bool  # Serve was not running in that Ray before the backend started it
+
+
 def start(settings: Settings, host: str, port: int, ray_address: str | None,
-          num_cpus: int | None = None, metrics_export_port: int | None = None) -> Any:
-    """Start (or join) Ray, deploy the app, wait until every replica is up; return its handle."""
+          num_cpus: int | None = None, metrics_export_port: int | None = None) -> Running:
+    """Start (or join) Ray, deploy the app, wait until every model is up."""
     import ray
     from ray import serve
 
@@ -131,12 +149,30 @@ def start(settings: Settings, host: str, port: int, ray_address: str | None,
                         "cluster pass --metrics-export-port to ray start on each node")
         ray.init(address=ray_address)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False,
+        # "local" starts a new Ray even when RAY_ADDRESS is set or a `ray start` cluster on
+        # this machine left its address in /tmp/ray (which a bare ray.init() would join): the
+        # backend shuts down on exit what it started, and must not have joined someone's cluster.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                  _metrics_export_port=metrics_export_port)
+    started_serve = not _serve_running()
     serve.start(http_options={"host": host, "port": port, "keep_alive_timeout_s": KEEP_ALIVE_S})
-    # Loading the 14B model takes minutes on a cold disk; a model that cannot load shows as
-    # UNHEALTHY in /ready long before this.
-    return deploy(settings, APP_NAME, "/", timeout_s=3600)
+    # The ingress keeps the job table under --output_path on this machine: it runs on the node
+    # this process is connected to. Loading the 14B model takes minutes on a cold disk; a model
+    # that cannot load shows as UNHEALTHY in /ready long before the timeout.
+    node_id = ray.get_runtime_context().get_node_id()
+    app = deploy(settings, APP_NAME, "/", timeout_s=3600, ingress_node_id=node_id)
+    return Running(app, bool(ray_address), started_serve)
+
+
+def _serve_running() -> bool:
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,13 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     _on_stop_signals(stop)
     started = time.perf_counter()
-    app = start(settings, args.host, args.port, args.ray_address, args.num_cpus,
-                args.metrics_export_port)
+    running = start(settings, args.host, args.port, args.ray_address, args.num_cpus,
+                    args.metrics_export_port)
+    app = running.app
     # Again after Ray started: ray.init installs its own SIGTERM handler, which would end the
     # process without draining.
     _on_stop_signals(stop)
     log.info("ready in %.1fs: http://%s:%d (API docs at /docs)", time.perf_counter() - started,
              args.host, args.port)
+    _log_placement(app)
     stop.wait()
     log.info("draining (up to %.0fs), then shutting down", args.drain_timeout)
     try:
@@ -169,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("drained: %s", drained)
     except Exception:  # noqa: BLE001 - shut down anyway; queued jobs are on disk
         log.exception("drain failed")
-    _shutdown()
+    _shutdown(running)
     return 0
 
 
@@ -178,13 +216,30 @@ def _on_stop_signals(stop: threading.Event) -> None:
         signal.signal(sig, lambda *_: stop.set())
 
 
-def _shutdown() -> None:
+def _log_placement(app: Any) -> None:
+    try:
+        log.info("placement (Ray node ids): %s", app.placement.remote().result(timeout_s=30))
+    except Exception:  # noqa: BLE001 - informative only
+        log.warning("could not read the replicas' placement", exc_info=True)
+
+
+def _shutdown(running: Running) -> None:
+    """Remove what the backend created: in a cluster it joined, its application (and Serve if
+    it started Serve and nothing else runs on it), then disconnect; never the cluster's nodes."""
     import ray
     from ray import serve
 
+    from videoserve.deployments import APP_NAME, undeploy
+
     try:
-        serve.shutdown()
+        if not running.joined_cluster:
+            serve.shutdown()
+            return
+        undeploy(APP_NAME)  # the ingress and its generator applications
+        if running.started_serve and not serve.status().applications:
+            serve.shutdown()
     finally:
+        # A driver that joined a cluster only disconnects; a Ray it started is stopped.
         ray.shutdown()
 
 
@@ -196,5 +251,9 @@ def app_builder(args: dict[str, str]) -> Any:
     """
     from videoserve.deployments import build_app
 
-    argv = [f"--{key}={value}" for key, value in args.items()]
+    # A YAML config gives generator_resources as a mapping, the command line as JSON text.
+    argv = [f"--{key}={json.dumps(value) if isinstance(value, dict) else value}"
+            for key, value in args.items()]
+    # The builder runs before `serve run` connects to Ray, so the node it will run on is not
+    # known yet: the ingress goes to the head node (see deployments.build_app).
     return build_app(settings_from_args(build_parser().parse_args(argv)))

@@ -8,6 +8,8 @@ CLI flags (or a ``serve run`` config) and passed down explicitly.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import secrets
 from dataclasses import dataclass, field, replace
@@ -81,6 +83,9 @@ class ModelSpec:
     num_gpus: float = 0.0
     num_cpus: float = 1.0
     max_ongoing_requests: int = 1
+    # Custom Ray resources each replica needs (e.g. {"gpu_node": 1}): in a cluster, only nodes
+    # started with them (`ray start --resources`) take this model's replicas.
+    resources: dict[str, float] = field(default_factory=dict)
     # Jobs that may wait in the ingress's queue for this model; beyond it new ones get a 429
     # with Retry-After (estimated from measured job times).
     max_queued_requests: int = 64
@@ -207,6 +212,38 @@ def fastvideo_cpu_allowed() -> bool:
     return os.environ.get("VIDEOSERVE_FASTVIDEO_CPU_SHIM") == "1"
 
 
+# Ray's own resources have their own options (num_cpus, num_gpus); Ray refuses them here.
+RESERVED_RESOURCES = ("CPU", "GPU")
+
+
+def parse_resources(text: str) -> dict[str, float]:
+    """``--generator_resources``: a JSON object of custom resource name -> amount (> 0)."""
+    flag = "--generator_resources"
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{flag} must be a JSON object such as '{{\"gpu_node\": 1}}'; "
+                          f"could not parse {text!r}: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{flag} must be a JSON object such as '{{\"gpu_node\": 1}}', "
+                          f"got {text!r}")
+    resources: dict[str, float] = {}
+    for name, amount in value.items():
+        if not name.strip() or name in RESERVED_RESOURCES:
+            raise ConfigError(f"{flag}: {name!r} is not a custom resource name "
+                              "(CPUs and GPUs are placed by the preset)")
+        # bool is an int in Python, but `true` is no amount.
+        if isinstance(amount, bool) or not isinstance(amount, int | float):
+            raise ConfigError(f"{flag}: the amount of {name!r} must be a number, "
+                              f"got {amount!r}")
+        # Ray counts resources in units of 0.0001; a zero request would pin nothing.
+        if not math.isfinite(amount) or amount < 0.0001:
+            raise ConfigError(f"{flag}: the amount of {name!r} must be positive (at least "
+                              f"0.0001), got {amount!r}")
+        resources[name] = float(amount)
+    return resources
+
+
 def build_specs(
     preset: str,
     engine: EngineName | None = None,
@@ -215,13 +252,14 @@ def build_specs(
     gpu_count: int | None = None,
     replicas: int = 1,
     tasks: tuple[Task, ...] = TASKS,
+    resources: dict[str, float] | None = None,
 ) -> dict[Task, ModelSpec]:
     """Resolve a preset plus overrides into placed model specs, refusing what cannot run here."""
     gpus = cuda_gpu_count() if gpu_count is None else gpu_count
     specs = preset_specs(preset, gpus)
     overrides = {"t2v": t2v_model, "i2v": i2v_model}
     for task, spec in list(specs.items()):
-        changes: dict[str, Any] = {"replicas": replicas}
+        changes: dict[str, Any] = {"replicas": replicas, "resources": dict(resources or {})}
         if engine:
             changes["engine"] = engine
         if overrides[task]:

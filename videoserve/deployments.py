@@ -32,6 +32,10 @@ READINESS_POLL_S = 0.5
 
 APP_NAME = "videoserve"
 NAMESPACE = "videoserve"
+# Every Ray node carries this label with its node id (Ray's own way to pin work to a node).
+NODE_ID_LABEL = "ray.io/node-id"
+# Ray gives the head node this resource (amount 1); a small share of it pins to the head.
+HEAD_NODE_RESOURCE = "node:__internal_head__"
 
 
 @ray.remote(num_cpus=0)
@@ -115,7 +119,7 @@ class Generator:
             yield event
 
     def info(self) -> dict[str, Any]:
-        return self.worker.info()
+        return {**self.worker.info(), "node_id": ray.get_runtime_context().get_node_id()}
 
     def check_health(self) -> None:
         self.worker.check_health()
@@ -151,6 +155,24 @@ def startup_failure(message: str) -> str:
     errors = re.findall(r"^\s*((?:\w+\.)*\w*(?:Error|Exception)\b: .+)$", plain, re.MULTILINE)
     reason = errors[-1].strip() if errors else "see the backend log"
     return f"its replicas did not start ({reason[:300]})"
+
+
+def _replica_nodes(apps: dict[str, str]) -> dict[str, list[dict[str, str]]]:
+    """The node and state of each generator replica, per task (``apps``: task -> the
+    application of its serving generation)."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeInstanceDetails
+
+    # serve.status() reads these same details from the controller but drops the replicas.
+    details = ServeInstanceDetails(**_get_global_client().get_serve_details())
+    placement: dict[str, list[dict[str, str]]] = {}
+    for task, app_name in apps.items():
+        app = details.applications.get(app_name)
+        deployment = app.deployments.get(generator_name(task)) if app else None
+        replicas = deployment.replicas if deployment else []
+        placement[task] = sorted(({"node_id": r.node_id or "", "state": str(r.state.value)}
+                                  for r in replicas), key=lambda r: (r["node_id"], r["state"]))
+    return placement
 
 
 def _generation_states(app_name: str, live: set[tuple[str, int]]) -> States:
@@ -207,7 +229,8 @@ def generator(spec: ModelSpec, engine_factory: EngineFactory | None,
         # A model that cannot load fails its generation within a few tries (Serve's default
         # retries for minutes); a switch to it is then rolled back.
         max_constructor_retry_count=3,
-        ray_actor_options={"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus},
+        ray_actor_options={"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus,
+                           "resources": dict(spec.resources)},
     ).bind(spec, engine_factory, board_app)
 
 
@@ -224,6 +247,7 @@ class Ingress:
         quiet_probe_access_logs()
         self.settings = settings
         self.app_name = serve.get_replica_context().app_name
+        self.node_id = ray.get_runtime_context().get_node_id()
         self.board = self._new_board()
         self._handles: dict[tuple[str, int], DeploymentHandle] = {}
         self._on_generation: dict[str, tuple[str, int]] = {}  # running job -> its generation
@@ -315,7 +339,15 @@ class Ingress:
         return all(s["state"] in ("RUNNING", "UNLOADED") for s in states.values())
 
     def info(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "draining": self.service.draining}
+        return {"pid": os.getpid(), "draining": self.service.draining, "node_id": self.node_id}
+
+    async def placement(self) -> dict[str, Any]:
+        """Which Ray node runs the ingress and each generator replica (GET /v1/placement)."""
+        apps = {task: generator_app(self.app_name, task, slot.generation)
+                for task, slot in self.models.slots.items() if slot.spec is not None}
+        models = await asyncio.to_thread(_replica_nodes, apps)
+        return {"ingress": {"node_id": self.node_id},
+                "models": {task: {"replicas": replicas} for task, replicas in models.items()}}
 
     async def drain(self, timeout_s: float) -> dict[str, int]:
         """Stop accepting work and answer waiting requests (see VideoService.drain)."""
@@ -324,22 +356,42 @@ class Ingress:
     def __serve_build_asgi_app__(self) -> Any:
         from videoserve.api import create_app
 
-        return create_app(self.service, self._readiness, self.metrics)
+        return create_app(self.service, self._readiness, self.metrics, self.placement)
 
 
-def build_app(settings: Settings, engine_factory: EngineFactory | None = None) -> serve.Application:
+def ingress_actor_options(node_id: str | None) -> dict[str, Any]:
+    """Pin the ingress to one node: it owns the job table (SQLite) and the videos under the
+    output path, which must stay on one machine's disk across restarts of the ingress.
+
+    Serve deployments take no scheduling strategy (NodeAffinitySchedulingStrategy), but they do
+    take a label selector, and every node is labelled with its id: ``node_id`` is the node of
+    the backend process. The built-in ``node:<ip>`` resource would not do: nodes that share a
+    machine share its IP. Without a node id (``serve run``'s builder runs before it connects to
+    Ray) the ingress goes to the head node, which is the only node of a local Ray.
+    """
+    if node_id:
+        return {"num_cpus": 0, "label_selector": {NODE_ID_LABEL: node_id}}
+    return {"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}}
+
+
+def build_app(settings: Settings, engine_factory: EngineFactory | None = None,
+              ingress_node_id: str | None = None) -> serve.Application:
     """The service's Serve application: the ingress, which deploys a generator application
     per configured task (see ``videoserve.models``).
 
     ``engine_factory`` replaces ``create_engine`` (tests use it to wrap engines with faults).
+    ``ingress_node_id`` is the Ray node the ingress must run on (default: the head node).
     """
-    return Ingress.bind(settings, engine_factory)
+    ingress = Ingress.options(ray_actor_options=ingress_actor_options(ingress_node_id))
+    return ingress.bind(settings, engine_factory)
 
 
 def deploy(settings: Settings, name: str = APP_NAME, route_prefix: str = "/",
-           engine_factory: EngineFactory | None = None, timeout_s: float = 600.0) -> Any:
+           engine_factory: EngineFactory | None = None, timeout_s: float = 600.0,
+           ingress_node_id: str | None = None) -> Any:
     """Deploy the service and wait until every model has a running replica; its handle."""
-    handle = serve.run(build_app(settings, engine_factory), name=name, route_prefix=route_prefix)
+    handle = serve.run(build_app(settings, engine_factory, ingress_node_id), name=name,
+                       route_prefix=route_prefix)
     wait_ready(handle, timeout_s)
     return handle
 

@@ -24,6 +24,7 @@ from videoserve.client import API_KEY_ENV, BackendError, VideoClient
 ROOT = Path(__file__).resolve().parents[1]
 FORWARDED = ("preset", "engine", "t2v_model_path", "i2v_model_path", "tasks", "replicas",
              "output_path", "input_path", "ray_address", "num_cpus", "metrics_export_port",
+             "generator_resources",
              "cors_origins")
 
 

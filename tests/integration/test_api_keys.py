@@ -47,7 +47,8 @@ def test_without_a_valid_key_every_route_but_health_and_ready_is_401(keyed):
     metrics = requests.get(url + "/metrics", headers=auth(KEY_B), timeout=30)
     assert metrics.status_code == 200 and "videoserve_jobs_submitted_total" in metrics.text
     for method, path in (("GET", "/v1/videos"), ("POST", "/v1/videos"), ("GET", "/v1/models"),
-                         ("GET", "/metrics"), ("POST", "/generate_video"), ("GET", "/docs"),
+                         ("GET", "/metrics"), ("GET", "/v1/placement"),
+                         ("POST", "/generate_video"), ("GET", "/docs"),
                          ("GET", "/openapi.json"), ("GET", f"/videos/video_{'0' * 24}/video.mp4"),
                          ("DELETE", f"/v1/videos/video_{'0' * 24}")):
         for headers in ({}, auth("wrong"), {"Authorization": KEY_A},

@@ -62,6 +62,11 @@ def test_health_ready_and_models(backend):
     assert models["t2v"]["defaults"]["num_frames"] == 9 and models["i2v"]["synthetic"] is True
     assert models["t2v"]["limits"]["max_num_frames"] == 81
     assert requests.get(url + "/docs", timeout=10).status_code == 200
+    # One local node: the ingress and every replica share it.
+    placement = requests.get(url + "/v1/placement", timeout=30).json()
+    node = placement["ingress"]["node_id"]
+    assert len(node) == 56 and placement["models"] == {
+        task: {"replicas": [{"node_id": node, "state": "RUNNING"}]} for task in ("t2v", "i2v")}
 
 
 def test_t2v_video_decodes_to_requested_frames_and_size(backend):
