@@ -22,12 +22,13 @@ import math
 import statistics
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import environment  # noqa: E402 - after the path insert
+
 REFERENCE = "reference"
 PSNR_RULE_DB = 40.0
 BASE = {"dit_cpu_offload": False, "dit_layerwise_offload": False,
@@ -225,15 +226,6 @@ def both_on_one_gpu(models: dict, args) -> dict:
     return {"part": "both", "task": "both", "ready_s": ready_s, "t2v": answers[0],
             "i2v": answers[1], "gpu_used_peak_gib": max(used) if used else None,
             "configs": []}
-
-
-def environment() -> dict:
-    import importlib.metadata as meta
-
-    import torch
-
-    return {"device": torch.cuda.get_device_name(0), "date": date.today().isoformat(),
-            **{p: meta.version(p) for p in ("torch", "fastvideo", "fastvideo-kernel", "ray")}}
 
 
 def render(paths: list[str]) -> str:

@@ -42,7 +42,12 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                         help="I2V model: a Diffusers-format folder or hub id")
     parser.add_argument("--tasks", default="t2v,i2v",
                         help="comma-separated tasks to deploy (default: t2v,i2v)")
-    parser.add_argument("--replicas", type=int, default=1, help="replicas per model")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="replicas per model; with enough GPUs each gets its own")
+    for task in TASKS:
+        parser.add_argument(f"--{task}_sp_size", type=int, default=None, metavar="N",
+                            help=f"sequence parallel: each {task} video runs on N GPUs "
+                                 "(fastvideo engine; default 1)")
     parser.add_argument("--output_path", default="outputs",
                         help="where videos (and by default input images) live")
     parser.add_argument("--input_path", default=None,
@@ -107,9 +112,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if unknown or not tasks:
         raise ConfigError(f"--tasks must name t2v and/or i2v, got {args.tasks!r}")
     resources = parse_resources(args.generator_resources) if args.generator_resources else {}
+    sp_sizes = {task: getattr(args, f"{task}_sp_size") for task in TASKS}
     specs = build_specs(preset, args.engine, args.t2v_model_path, args.i2v_model_path,
                         gpu_count=gpus, replicas=args.replicas, tasks=tasks,  # type: ignore[arg-type]
-                        resources=resources)
+                        resources=resources, sp_sizes=sp_sizes)
     output = Path(args.output_path).expanduser().resolve()
     inputs = Path(args.input_path).expanduser().resolve() if args.input_path else None
     origins = tuple(o.strip().rstrip("/") for o in args.cors_origins.split(",") if o.strip())

@@ -178,15 +178,27 @@ def preset_specs(preset: str, gpu_count: int) -> dict[Task, ModelSpec]:
 def place(specs: dict[Task, ModelSpec], gpu_count: int) -> dict[Task, ModelSpec]:
     """Give each spec its GPU share and offload flags for the GPUs present.
 
-    Two or more GPUs: one whole GPU per model, nothing offloaded. One GPU: both models share it;
-    the I2V model offloads its text encoder and streams DiT layers so both fit in 80 GB (measured
-    peak 76 of 79.6 GiB on an H100). CPU-only specs are left as they are.
+    The deployed GPU models need R = sum(replicas x sp_size) whole GPUs. With at least R, each
+    replica gets sp_size whole GPUs (Ray hands it that many devices; fastvideo's workers use
+    them as local ranks 0..sp_size-1) and nothing is offloaded. With fewer, replicas share
+    GPUs (a fraction each, packed so Ray can place them all); on a shared GPU the I2V model
+    offloads its text encoder and streams DiT layers so both models fit in 80 GB (measured
+    peak 76 of 79.6 GiB on an H100). A replica that spans GPUs cannot share them: with fewer
+    than R GPUs, sp_size > 1 is refused. CPU-only specs are left as they are.
     """
     # Tiny random-weight models stay on the CPU under the diffusers engine; everything else that
     # can use a GPU gets one.
     gpu_specs = [t for t, s in specs.items() if s.engine == "fastvideo" or not s.synthetic]
+    needed = sum(specs[t].replicas * sp_size(specs[t]) for t in gpu_specs)
+    whole = gpu_count >= needed
+    if not whole and any(sp_size(specs[t]) > 1 for t in gpu_specs):
+        raise ConfigError(
+            f"the deployed models need {needed} GPUs (replicas x sp_size) and {gpu_count} are "
+            "visible; a replica with sp_size > 1 needs whole GPUs of its own. Lower --replicas "
+            "or --t2v_sp_size/--i2v_sp_size, or deploy fewer --tasks.")
+    # Fractions Ray can pack: at most ceil(needed / gpus) replicas on a GPU.
+    share = 1.0 if whole else 1.0 / math.ceil(needed / max(gpu_count, 1))
     placed = dict(specs)
-    share = 1.0 if gpu_count >= len(gpu_specs) else 1.0 / max(len(gpu_specs), 1)
     for task in gpu_specs:
         spec = specs[task]
         options = dict(spec.engine_options)
@@ -194,8 +206,14 @@ def place(specs: dict[Task, ModelSpec], gpu_count: int) -> dict[Task, ModelSpec]
             options = {**NO_OFFLOAD, **options}
             if share < 1.0 and task == "i2v" and not spec.synthetic:
                 options.update(text_encoder_cpu_offload=True, dit_layerwise_offload=True)
-        placed[task] = replace(spec, num_gpus=share, num_cpus=1.0, engine_options=options)
+        num_gpus = float(sp_size(spec)) if whole else share
+        placed[task] = replace(spec, num_gpus=num_gpus, num_cpus=1.0, engine_options=options)
     return placed
+
+
+def sp_size(spec: ModelSpec) -> int:
+    """GPUs one replica of ``spec`` spans (fastvideo's sequence parallel; 1 otherwise)."""
+    return int(spec.engine_options.get("sp_size", 1))
 
 
 def cuda_gpu_count() -> int:
@@ -253,8 +271,12 @@ def build_specs(
     replicas: int = 1,
     tasks: tuple[Task, ...] = TASKS,
     resources: dict[str, float] | None = None,
+    sp_sizes: dict[Task, int | None] | None = None,
 ) -> dict[Task, ModelSpec]:
-    """Resolve a preset plus overrides into placed model specs, refusing what cannot run here."""
+    """Resolve a preset plus overrides into placed model specs, refusing what cannot run here.
+
+    ``sp_sizes`` asks for sequence parallel (one video on that many GPUs) per task.
+    """
     gpus = cuda_gpu_count() if gpu_count is None else gpu_count
     specs = preset_specs(preset, gpus)
     overrides = {"t2v": t2v_model, "i2v": i2v_model}
@@ -266,6 +288,9 @@ def build_specs(
             changes["model"] = overrides[task]
         specs[task] = replace(spec, **changes)
     specs = {t: s for t, s in specs.items() if t in tasks}
+    for task, size in (sp_sizes or {}).items():
+        if task in specs and size is not None and size != 1:
+            specs[task] = _with_sp_size(specs[task], size, gpus)
     wants_fastvideo = any(s.engine == "fastvideo" for s in specs.values())
     if wants_fastvideo and gpus == 0:
         if not fastvideo_cpu_allowed():
@@ -278,6 +303,17 @@ def build_specs(
     if gpus == 0:
         return specs
     return place(specs, gpus)
+
+
+def _with_sp_size(spec: ModelSpec, size: int, gpus: int) -> ModelSpec:
+    if size < 1:
+        raise ConfigError(f"--{spec.task}_sp_size must be at least 1, got {size}")
+    if spec.engine != "fastvideo":
+        raise ConfigError(f"--{spec.task}_sp_size needs the fastvideo engine (the {spec.task} "
+                          f"model runs on {spec.engine})")
+    if gpus < size:
+        raise ConfigError(f"--{spec.task}_sp_size {size} needs {size} GPUs; {gpus} visible")
+    return replace(spec, engine_options={**spec.engine_options, "sp_size": size})
 
 
 @dataclass(frozen=True)

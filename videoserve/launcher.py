@@ -23,9 +23,8 @@ from videoserve.client import API_KEY_ENV, BackendError, VideoClient
 
 ROOT = Path(__file__).resolve().parents[1]
 FORWARDED = ("preset", "engine", "t2v_model_path", "i2v_model_path", "tasks", "replicas",
-             "output_path", "input_path", "ray_address", "num_cpus", "metrics_export_port",
-             "generator_resources",
-             "cors_origins")
+             "t2v_sp_size", "i2v_sp_size", "output_path", "input_path", "ray_address",
+             "num_cpus", "metrics_export_port", "generator_resources", "cors_origins")
 
 
 def build_parser() -> argparse.ArgumentParser:

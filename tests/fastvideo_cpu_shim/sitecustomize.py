@@ -9,7 +9,7 @@ Python imports ``sitecustomize`` at startup in every interpreter that sees that 
 including fastvideo's spawned worker processes, which is where the model actually runs. Without
 the env var, or where fastvideo is not installed, or where CUDA is available, it does nothing.
 
-It patches three points lazily, right after the fastvideo module that defines each is imported
+It patches four points lazily, right after the fastvideo module that defines each is imported
 (importing fastvideo here would cost tens of seconds in every Python process):
 
 - ``fastvideo.distributed.parallel_state.get_local_torch_device`` returns ``mps`` on any
@@ -19,6 +19,8 @@ It patches three points lazily, right after the fastvideo module that defines ea
 - the stages run the bf16 DiT under ``torch.autocast("cuda")`` with fp32 activations; without
   CUDA that autocast disables itself and the matmuls fail on mixed dtypes, so a ``cuda``
   autocast becomes a ``cpu`` autocast (CPU autocast supports bf16).
+- with sequence parallel (several worker processes, a gloo world on the CPU) the pipeline
+  warms its collectives up on "cuda" tensors; that warm-up is skipped.
 """
 
 from __future__ import annotations
@@ -90,8 +92,18 @@ def _patch_autocast(_module) -> None:
     torch.autocast = autocast
 
 
+def _patch_sp_warmup(module) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        # The warm-up puts its tensors on "cuda" and synchronizes CUDA; on the CPU there is
+        # nothing to warm up. The module skips it once this flag is set.
+        module._sp_warmup_done = True
+
+
 _HOOKS = {
     "fastvideo": _patch_autocast,
+    "fastvideo.distributed.communication_op": _patch_sp_warmup,
     "fastvideo.distributed.parallel_state": _patch_parallel_state,
     "fastvideo.platforms.cpu": _patch_cpu_platform,
 }

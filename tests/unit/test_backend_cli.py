@@ -187,3 +187,24 @@ def test_local_start_never_joins_another_cluster_and_shutdown_removes_only_its_o
     assert run(joined, True) == (joined, ["serve.delete videoserve", "ray.shutdown"])
     assert run(joined, False, ["someone_else"]) == (joined, ["serve.delete videoserve",
                                                              "ray.shutdown"])
+
+
+def test_sp_size_flags(monkeypatch, capsys):
+    monkeypatch.setattr("videoserve.backend_cli.cuda_gpu_count", lambda: 2)
+    args = build_parser().parse_args(["--preset", "fastwan", "--tasks", "i2v",
+                                      "--i2v_sp_size", "2"])
+    spec = settings_from_args(args).models["i2v"]
+    assert spec.engine_options["sp_size"] == 2 and spec.num_gpus == 2.0
+    assert main(["--preset", "fastwan", "--t2v_sp_size", "4"]) == 2
+    assert "--t2v_sp_size 4 needs 4 GPUs" in capsys.readouterr().err
+    assert main(["--preset", "fastwan", "--engine", "diffusers", "--i2v_sp_size", "2"]) == 2
+    assert "fastvideo engine" in capsys.readouterr().err
+
+
+def test_launcher_forwards_sp_size():
+    from videoserve.launcher import backend_command
+    from videoserve.launcher import build_parser as launcher_parser
+
+    command = backend_command(launcher_parser().parse_args(["--i2v_sp_size", "2"]))
+    assert command[command.index("--i2v_sp_size") + 1] == "2"
+    assert "--t2v_sp_size" not in command

@@ -14,6 +14,13 @@ pipeline's stages for three things the public API lacks:
   (the MP4 encoder) while the next chunk decodes, and fastvideo's own float copy of the whole
   video to the host is skipped (``batch.output`` becomes an empty tensor).
 
+With ``sp_size`` > 1 (sequence parallel: one video on several GPUs) the pipeline needs one
+fastvideo ``Worker`` per GPU in a torch.distributed world, so fastvideo's own
+``MultiprocExecutor`` runs it (``Distributed``): the same stage hooks are installed inside each
+worker process through ``collective_rpc``, rank 0's progress and every rank's cancel flag travel
+through a shared-memory ``ProgressChannel``, and the video comes back whole from fastvideo's
+own decode.
+
 A fastvideo upgrade should only touch this file: ``check_version`` refuses untested versions
 unless ``VIDEOSERVE_FASTVIDEO_ANY_VERSION=1``.
 """
@@ -22,9 +29,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from videoserve.engines.progress_channel import ProgressChannel
 
 TESTED_VERSIONS = ("0.2.0",)
 # Stage kinds reported to clients; stages of any other class report nothing.
@@ -53,9 +63,26 @@ class RunHooks:
     # Called with each decoded chunk: a callable that waits for the host copy and returns a
     # (frames, height, width, 3) uint8 array. None keeps fastvideo's own decode.
     frame_sink: Callable[[Callable[[], Any]], None] | None = None
+    # What a cancelled job raises from its hooks (fastvideo's worker processes survive only
+    # KeyboardInterrupt; see Distributed).
+    stop_error: type[BaseException] = StopDenoising
     steps_done: int = 0
     stage: str | None = None
     stages_seen: list[str] = field(default_factory=list)
+
+    def enter_stage(self, kind: str) -> None:
+        self.stage = kind
+        self.stages_seen.append(kind)
+        self.on_stage(kind)
+
+    def step(self, done: int, total: int) -> None:
+        self.steps_done = done
+        self.on_step(done, total)
+
+
+def _no_hooks() -> RunHooks:
+    """For a pipeline run outside a job (nothing to report to, nothing to stop)."""
+    return RunHooks(lambda _: None, lambda *_: None, lambda: False)
 
 
 def check_version() -> str:
@@ -82,8 +109,6 @@ def _in_process_executor_class() -> type:
             self.worker = Worker(self.fastvideo_args, local_rank=0, rank=0,
                                  distributed_init_method=method)
             self.worker.init_device()
-            # Stages are otherwise created on the first forward; hooks need them now.
-            self.worker.pipeline.post_init()
 
         def execute_forward(self, forward_batch: Any, fastvideo_args: Any) -> Any:
             return self.worker.execute_forward(forward_batch, fastvideo_args)
@@ -152,9 +177,9 @@ class _StepBar:
     def __init__(self, hooks: RunHooks, total: int):
         self.hooks, self.total = hooks, int(total or 0)
         if hooks.should_stop():
-            raise StopDenoising()
+            raise hooks.stop_error()
         # The model may run another number of steps than asked (DMD models have a fixed list).
-        hooks.on_step(hooks.steps_done, self.total)
+        hooks.step(hooks.steps_done, self.total)
 
     def __enter__(self) -> _StepBar:
         return self
@@ -164,10 +189,9 @@ class _StepBar:
 
     def update(self, n: int = 1) -> None:
         _wait_for_device()  # the step is done on the GPU, not only queued
-        self.hooks.steps_done += n
-        self.hooks.on_step(self.hooks.steps_done, self.total)
+        self.hooks.step(self.hooks.steps_done + n, self.total)
         if self.hooks.should_stop():
-            raise StopDenoising()
+            raise self.hooks.stop_error()
 
     def close(self) -> None:
         return None
@@ -184,6 +208,73 @@ SDPA_BACKENDS = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION",
                  "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
 
 
+def instrument(pipeline: Any, current: Callable[[], RunHooks | None]) -> None:
+    """Wrap the pipeline's stages so they report to ``current()`` (the running job's hooks,
+    None between jobs). Stages are created on the first forward: create them now."""
+    pipeline.post_init()
+    for stage in pipeline.stages:
+        _wrap(stage, current)
+
+
+def _wrap(stage: Any, current: Callable[[], RunHooks | None]) -> None:
+    kind = next((STAGE_KINDS[c.__name__] for c in type(stage).__mro__
+                 if c.__name__ in STAGE_KINDS), None)
+    original = stage.forward
+
+    def forward(batch: Any, fastvideo_args: Any) -> Any:
+        hooks = current()
+        if hooks is not None and kind is not None:
+            hooks.enter_stage(kind)
+        if kind == "decoding" and hooks is not None and hooks.frame_sink is not None:
+            decoded = _stream_decode(stage, batch, fastvideo_args, hooks)
+            if decoded is not None:
+                return decoded
+        return original(batch, fastvideo_args)
+
+    stage.forward = forward
+    if kind == "denoising":
+        stage.progress_bar = lambda iterable=None, total=None: _StepBar(
+            current() or _no_hooks(), total)
+
+
+def attention_priority(sdpa_priority: list[str] | None, cudnn_benchmark: bool) -> list[Any] | None:
+    """Apply ``cudnn_benchmark`` to this process; the SDPA backends in ``sdpa_priority``'s
+    order (None: torch's default). Both apply on CUDA only; elsewhere they are ignored."""
+    import torch
+
+    if (sdpa_priority or cudnn_benchmark) and not torch.cuda.is_available():
+        logging.getLogger(__name__).info(
+            "sdpa_priority / cudnn_benchmark apply to CUDA only; ignored here")
+        return None
+    if cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+    if not sdpa_priority:
+        return None
+    from torch.nn.attention import SDPBackend
+
+    return [getattr(SDPBackend, SDPA_BACKENDS[name]) for name in sdpa_priority]
+
+
+def channels_last_vae(pipeline: Any) -> None:
+    """Decode in cuDNN's channels-last 3-D layout, which can feed the tensor cores more fully
+    than the default one: the VAE's 3-D convolution weights are converted once, each latent
+    chunk as it is decoded (``_stream_decode``). CUDA only; elsewhere ignored."""
+    import torch
+
+    if not torch.cuda.is_available():
+        logging.getLogger(__name__).info("vae_channels_last applies to CUDA only; ignored here")
+        return
+    for stage in pipeline.stages:
+        vae = getattr(stage, "vae", None)
+        if vae is None:
+            continue
+        for module in vae.modules():
+            if isinstance(module, torch.nn.Conv3d):
+                module.weight.data = module.weight.data.contiguous(
+                    memory_format=torch.channels_last_3d)
+        stage.videoserve_channels_last = True
+
+
 class Instrumented:
     """A loaded generator with hooks on its pipeline stages; ``hooks`` is set per job.
 
@@ -194,62 +285,12 @@ class Instrumented:
 
     def __init__(self, generator: Any, sdpa_priority: list[str] | None = None,
                  cudnn_benchmark: bool = False, vae_channels_last: bool = False):
-        import torch
-
         self.generator = generator
         self.hooks: RunHooks | None = None
-        self.sdpa_priority: list[Any] | None = None
-        self.vae_channels_last = False
-        for stage in pipeline_of(generator).stages:
-            self._wrap(stage)
-        cuda = torch.cuda.is_available()
-        if (sdpa_priority or cudnn_benchmark or vae_channels_last) and not cuda:
-            logging.getLogger(__name__).info(
-                "sdpa_priority / cudnn_benchmark / vae_channels_last apply to CUDA only; "
-                "ignored here")
-            return
-        if cudnn_benchmark:
-            torch.backends.cudnn.benchmark = True
+        instrument(pipeline_of(generator), lambda: self.hooks)
+        self.sdpa_priority = attention_priority(sdpa_priority, cudnn_benchmark)
         if vae_channels_last:
-            # cuDNN's channels-last 3-D convolutions use the tensor cores more fully than the
-            # default layout; the decoder's weights and each latent chunk are converted once.
-            self.vae_channels_last = True
-            for stage in pipeline_of(generator).stages:
-                if getattr(stage, "vae", None) is not None:
-                    stage.vae.to(memory_format=torch.channels_last_3d)
-        if sdpa_priority:
-            from torch.nn.attention import SDPBackend
-
-            self.sdpa_priority = [getattr(SDPBackend, SDPA_BACKENDS[name])
-                                  for name in sdpa_priority]
-
-    def _wrap(self, stage: Any) -> None:
-        kind = next((STAGE_KINDS[c.__name__] for c in type(stage).__mro__
-                     if c.__name__ in STAGE_KINDS), None)
-        original = stage.forward
-
-        def forward(batch: Any, fastvideo_args: Any) -> Any:
-            hooks = self.hooks
-            if hooks is not None and kind is not None:
-                hooks.stage = kind
-                hooks.stages_seen.append(kind)
-                hooks.on_stage(kind)
-            if kind == "decoding" and hooks is not None and hooks.frame_sink is not None:
-                decoded = _stream_decode(stage, batch, fastvideo_args, hooks,
-                                         self.vae_channels_last)
-                if decoded is not None:
-                    return decoded
-            return original(batch, fastvideo_args)
-
-        stage.forward = forward
-        if kind == "denoising":
-            stage.progress_bar = lambda iterable=None, total=None: _StepBar(self._require(),
-                                                                            total)
-
-    def _require(self) -> RunHooks:
-        if self.hooks is None:
-            return RunHooks(lambda _: None, lambda *_: None, lambda: False)
-        return self.hooks
+            channels_last_vae(pipeline_of(generator))
 
     def generate(self, hooks: RunHooks, **kwargs: Any) -> dict[str, Any]:
         """One ``generate_video`` call with ``hooks`` attached; StopDenoising when cancelled."""
@@ -276,12 +317,251 @@ class Instrumented:
         # the process, so setting it around the call covers that thread.
         return sdpa_kernel(self.sdpa_priority, set_priority=True)
 
+    def usable(self) -> bool:
+        """After a failed job: can the next job use this pipeline?"""
+        return pipeline_usable()
+
+    def peak_gib(self, result: dict[str, Any]) -> float | None:
+        return peak_memory_gib(reset=True)
+
+    def worker_pids(self) -> list[int]:
+        return []  # the pipeline runs in this process
+
     def shutdown(self) -> None:
         self.generator.shutdown()
 
 
-def _stream_decode(stage: Any, batch: Any, fastvideo_args: Any, hooks: RunHooks,
-                   channels_last: bool = False) -> Any | None:
+# Several GPUs for one video: fastvideo's MultiprocExecutor, our hooks inside its workers.
+
+# Event kinds on the progress channel; a stage event carries the index of its name.
+_STAGE_EVENT, _STEP_EVENT = 1, 2
+_STAGE_NAMES = ("encoding_prompt", "encoding_image", "denoising", "decoding")
+# How often the driving process relays rank 0's progress and passes a cancel on to the ranks.
+RELAY_POLL_S = 0.005
+
+
+class _StopWorkers(KeyboardInterrupt):
+    """A cancelled job, inside a fastvideo worker process. Its busy loop ends the process on
+    any exception but KeyboardInterrupt, which it answers with an error reply and survives."""
+
+
+class _WorkerHooks:
+    """In each worker process: the hooks of the job the channel names."""
+
+    def __init__(self, rank: int, channel: ProgressChannel):
+        self.rank, self.channel = rank, channel
+        self.job = -1
+        self.hooks: RunHooks | None = None
+        self.attention: Any = None  # an entered sdpa_kernel context, kept alive
+
+    def current(self) -> RunHooks:
+        # The driver numbers the job in the channel before it starts it, so a new number here
+        # means a new job (fresh step count).
+        job = self.channel.job
+        if self.hooks is None or job != self.job:
+            self.job = job
+            self.hooks = RunHooks(self._stage, self._step, self._should_stop,
+                                  stop_error=_StopWorkers)
+        return self.hooks
+
+    def _stage(self, kind: str) -> None:
+        if self.rank == 0:
+            self.channel.push(_STAGE_EVENT, _STAGE_NAMES.index(kind))
+
+    def _step(self, done: int, total: int) -> None:
+        if self.rank == 0:
+            self.channel.push(_STEP_EVENT, done, total)
+
+    def _should_stop(self) -> bool:
+        return _agree(self.channel.cancel_requested(self.job))
+
+
+def _agree(flag: bool) -> bool:
+    """True on every rank if it is True on any. The ranks run collectives in lockstep: one
+    that stopped alone would leave the others waiting in the next one forever."""
+    import torch
+    import torch.distributed as dist
+    from fastvideo.distributed.parallel_state import get_world_group
+
+    world = get_world_group()
+    if world.world_size == 1:
+        return flag
+    # NCCL (the world's device group on CUDA) reduces GPU tensors only; elsewhere use gloo.
+    cuda = torch.cuda.is_available()
+    vote = torch.tensor([int(flag)], dtype=torch.int32, device=world.device if cuda else "cpu")
+    dist.all_reduce(vote, op=dist.ReduceOp.MAX,
+                    group=world.device_group if cuda else world.cpu_group)
+    return bool(vote.item())
+
+
+_WORKER_HOOKS: _WorkerHooks | None = None  # the hooks of this worker process, if it is one
+
+
+def install_worker_hooks(worker: Any, channel_name: str, runtime: dict[str, Any]) -> int:
+    """Runs in every fastvideo worker process, through ``collective_rpc`` (so it must stay a
+    module-level function: it travels by reference). ``worker`` is fastvideo's worker
+    wrapper; its pipeline's stages report to the channel from now on. Returns the pid."""
+    global _WORKER_HOOKS
+    import atexit
+
+    channel = ProgressChannel.attach(channel_name)
+    # Detach before interpreter teardown, which would otherwise find the mapping still viewed.
+    atexit.register(channel.close)
+    hooks = _WorkerHooks(int(worker.rank), channel)
+    instrument(worker.pipeline, hooks.current)
+    priority = attention_priority(runtime.get("sdpa_priority"),
+                                  bool(runtime.get("cudnn_benchmark")))
+    if priority is not None:
+        from torch.nn.attention import sdpa_kernel
+
+        # The process runs nothing but this pipeline: keep the order for its whole life.
+        hooks.attention = sdpa_kernel(priority, set_priority=True)
+        hooks.attention.__enter__()
+    _WORKER_HOOKS = hooks
+    return os.getpid()
+
+
+def _survive_worker_failures() -> None:
+    """A fastvideo worker that fails sends SIGQUIT to its parent (this process), whose default
+    action is to dump core and exit. Ignore it here: ``Distributed`` notices the worker's exit
+    itself and reports the job as failed, and the next job loads a fresh pipeline."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGQUIT, lambda *_: None)
+    else:
+        logging.getLogger(__name__).warning(
+            "not the main thread: a failing fastvideo worker will end this process")
+
+
+class Distributed:
+    """A generator whose pipeline runs in fastvideo's worker processes, one per GPU (sequence
+    parallel over ``sp_size`` GPUs), with the hooks of ``Instrumented`` installed in each.
+
+    ``generate`` runs ``generate_video`` in a thread and meanwhile relays rank 0's progress to
+    the job's hooks and passes a cancel on through the channel. Every rank stops at the same
+    step (``_agree``) by raising ``_StopWorkers``; the workers answer the call with an error
+    and keep serving, and the caller sees ``StopDenoising``. The video is decoded by fastvideo
+    itself and comes back whole (no streamed decode).
+    """
+
+    def __init__(self, generator: Any, channel: ProgressChannel):
+        self.generator, self.channel = generator, channel
+        self.workers = list(generator.executor.workers)
+
+    @classmethod
+    def load(cls, model_path: str, options: dict[str, Any], sdpa_priority: list[str] | None = None,
+             cudnn_benchmark: bool = False, vae_channels_last: bool = False) -> Distributed:
+        check_version()
+        if vae_channels_last:
+            # The workers decode with fastvideo's own one-shot decode, not the streamed one.
+            logging.getLogger(__name__).info("vae_channels_last is not used with sp_size > 1")
+        from fastvideo import VideoGenerator
+
+        _survive_worker_failures()
+        channel = ProgressChannel.create()
+        try:
+            # Workers are spawned: they get this process's sys.path, so they import videoserve
+            # (and install_worker_hooks, which travels by reference) as this process does.
+            generator = VideoGenerator.from_pretrained(
+                model_path, distributed_executor_backend="mp", **options)
+        except BaseException:
+            channel.close()
+            raise
+        runner = cls(generator, channel)
+        runtime = {"sdpa_priority": sdpa_priority, "cudnn_benchmark": cudnn_benchmark}
+        try:
+            generator.executor.collective_rpc(install_worker_hooks, args=(channel.name, runtime))
+        except BaseException as exc:
+            runner.shutdown()
+            # A failing worker exits, so the pipe's EOFError is all that reaches us here.
+            raise RuntimeError("a fastvideo worker failed while setting up progress hooks (its "
+                               "traceback is in the log)") from exc
+        return runner
+
+    def generate(self, hooks: RunHooks, **kwargs: Any) -> dict[str, Any]:
+        """One ``generate_video`` call followed through the channel; StopDenoising when
+        cancelled (also while decoding: the result is then dropped)."""
+        job = self.channel.begin_job()
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["result"] = self.generator.generate_video(**kwargs)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                outcome["error"] = exc
+
+        # A daemon thread: after a worker died the call may never return (another rank waits
+        # in a collective), and this process must still be able to exit.
+        thread = threading.Thread(target=run, name="fastvideo-generate", daemon=True)
+        thread.start()
+        cancelled = False
+        while thread.is_alive():
+            thread.join(RELAY_POLL_S)
+            self._relay(hooks)
+            if not cancelled and hooks.should_stop():
+                cancelled = True
+                self.channel.request_cancel(job)
+            if thread.is_alive() and not self._workers_alive():
+                raise RuntimeError("a fastvideo worker process exited during the generation")
+        self._relay(hooks)
+        error = outcome.get("error")
+        if cancelled and (error is None or self._workers_alive()):
+            raise StopDenoising()
+        if isinstance(error, RuntimeError) and isinstance(error.__cause__, (EOFError, OSError)):
+            # A worker that fails exits; its closed pipe is all that reaches this process.
+            raise RuntimeError("a fastvideo worker process failed (its traceback is in the "
+                               "log)") from error
+        if error is not None:
+            raise error
+        return outcome["result"]
+
+    def _relay(self, hooks: RunHooks) -> None:
+        for kind, a, b in self.channel.drain():
+            if kind == _STAGE_EVENT:
+                hooks.enter_stage(_STAGE_NAMES[a])
+            elif kind == _STEP_EVENT:
+                hooks.step(a, b)
+
+    def _workers_alive(self) -> bool:
+        return all(worker.proc.is_alive() for worker in self.workers)
+
+    def usable(self) -> bool:
+        """False after any failure: a worker's busy loop ends its process on every exception
+        but KeyboardInterrupt, and the other ranks may be stuck in a collective."""
+        return False
+
+    def peak_gib(self, result: dict[str, Any]) -> float | None:
+        peak = result.get("peak_memory_mb")  # rank 0's, measured by fastvideo's worker
+        return round(peak / 1024, 2) if peak else None
+
+    def worker_pids(self) -> list[int]:
+        return [worker.proc.pid for worker in self.workers]
+
+    def shutdown(self) -> None:
+        try:
+            self.generator.shutdown()
+        finally:
+            for worker in self.workers:
+                if worker.proc.is_alive():
+                    worker.proc.kill()  # one stuck in a collective ignores SIGTERM
+                worker.proc.join(timeout=10)
+            self.channel.close()
+
+
+def load_runner(model_path: str, options: dict[str, Any], executor: str = "in_process",
+                **runtime: Any) -> Instrumented | Distributed:
+    """The pipeline in this process (``in_process``) or in fastvideo's worker processes
+    (``multiproc``: required for sp_size > 1)."""
+    if executor == "multiproc":
+        return Distributed.load(model_path, options, **runtime)
+    if executor != "in_process":
+        raise ValueError(f"unknown executor {executor!r}; expected in_process or multiproc")
+    return Instrumented(load_generator(model_path, options), **runtime)
+
+
+def _stream_decode(stage: Any, batch: Any, fastvideo_args: Any, hooks: RunHooks) -> Any | None:
     """Decode latent frame by latent frame into the hooks' frame sink (stopping between chunks
     when cancelled); None where only fastvideo's full decode works."""
     import torch
@@ -295,6 +575,7 @@ def _stream_decode(stage: Any, batch: Any, fastvideo_args: Any, hooks: RunHooks,
     if not plain:
         return None
     latents = batch.latents
+    channels_last = getattr(stage, "videoserve_channels_last", False)  # channels_last_vae()
     cache = None
     with torch.no_grad():
         for index in range(latents.shape[2]):

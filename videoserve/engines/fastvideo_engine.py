@@ -82,6 +82,7 @@ class FastVideoEngine:
         self.last_peak_gib: float | None = None
         self.last_frames: Any = None  # with the keep_frames option (benchmarks)
         self.version = ""
+        self.worker_pids: list[int] = []  # fastvideo's worker processes (multiproc executor)
         self._ctx = mp.get_context("spawn")
         # The seq of the job the child should stop; read by its step hook, no lock needed.
         self._cancel = self._ctx.Value("q", 0, lock=False)
@@ -101,8 +102,20 @@ class FastVideoEngine:
         "flash", "efficient", "math"]: dense attention kernels tried in that order),
         ``cudnn_benchmark`` (autotuned VAE convolutions), ``warmup`` (one short generation
         at load so no user request pays for first-call costs).
+
+        Several GPUs for one video: ``sp_size`` (sequence parallel over that many GPUs of
+        the process's CUDA_VISIBLE_DEVICES; runs fastvideo's own worker processes, one per
+        GPU). ``executor: "multiproc"`` forces that path with ``sp_size`` 1: a diagnostic
+        (the in-process default is faster to load and streams its decode).
         """
         opts = dict(options)
+        sp_size = int(opts.pop("sp_size", 1))
+        executor = opts.pop("executor", "multiproc" if sp_size > 1 else "in_process")
+        if executor not in ("in_process", "multiproc"):
+            raise GenerationError(f"unknown fastvideo executor {executor!r}")
+        if sp_size > 1 and executor != "multiproc":
+            raise GenerationError("sp_size > 1 needs the multiproc executor")
+        opts["executor"] = executor
         env = {"FASTVIDEO_ATTENTION_BACKEND": opts.pop("attention_backend")} if (
             "attention_backend" in opts) else {}
         env.update(opts.pop("env", {}))
@@ -118,7 +131,8 @@ class FastVideoEngine:
         env.setdefault("OMP_NUM_THREADS", str(threads))
         for flag in FASTVIDEO_OFFLOAD_FLAGS:
             opts.setdefault(flag, False)
-        opts.setdefault("num_gpus", 1)
+        opts["num_gpus"] = sp_size
+        opts["sp_size"] = sp_size
         opts["env"] = env
         return opts
 
@@ -142,6 +156,7 @@ class FastVideoEngine:
             raise GenerationError(f"fastvideo failed to load {self.model_path}: {detail}")
         self.loads += 1
         self.version = message.get("version", "")
+        self.worker_pids = message.get("worker_pids", [])
         if self.warmup is not None:
             # First calls pay for compilation and kernel autotuning; a user request must not.
             warm = time.perf_counter()
@@ -179,7 +194,8 @@ class FastVideoEngine:
     def stats(self) -> dict[str, Any]:
         """Shown in the generator's info: how often the model was loaded, the child's pid."""
         pid = self._proc.pid if self._proc is not None else None
-        return {"engine_pid": pid, "engine_loads": self.loads, "videos_encoded": self.videos,
+        return {"engine_pid": pid, "engine_worker_pids": self.worker_pids,
+                "engine_loads": self.loads, "videos_encoded": self.videos,
                 "fastvideo_version": self.version, "engine_load_s": round(self.load_time, 2),
                 "warmup_s": self.warmup_time and round(self.warmup_time, 2),
                 "last_peak_gib": self.last_peak_gib}

@@ -6,13 +6,17 @@ fastvideo keeps process-global state (its torch.distributed world of one, parall
 In a child we own, such a failure costs a reload in a fresh process while the replica, its Ray
 actor and the ingress's stream stay up; the replica process itself never touches CUDA.
 The pipeline runs in-process *inside* this child (``fastvideo_adapter``): no further worker
-process, so progress, cancel and frames are plain function calls here.
+process, so progress, cancel and frames are plain function calls here. The exception is
+sequence parallel (``sp_size`` > 1, or the diagnostic ``executor: "multiproc"``): fastvideo's
+own worker processes, one per GPU, children of this one, run the pipeline, and the adapter
+relays their progress and cancel; any failure there ends this child (the next job reloads).
 
 Only small messages and the finished MP4 cross the pipe: frames are encoded here, chunk by
 chunk while the VAE decodes the next chunk.
 
 Protocol over a ``multiprocessing`` pipe (the parent is ``fastvideo_engine.FastVideoEngine``):
-  child -> parent  {"type": "ready", "load_time": s, "version": v} | {"type": "load_error", ...}
+  child -> parent  {"type": "ready", "load_time": s, "version": v, "worker_pids": [...]}
+                   | {"type": "load_error", ...}
   parent -> child  {"seq": n, "kwargs": {...}, "fps": f}  one generation;  None  shut down
   child -> parent  {"type": "stage", "stage": name}, {"type": "step", "step": k, "total": n}
                    then one of {"type": "video", ...} + MP4 bytes | {"type": "cancelled", ...}
@@ -62,14 +66,15 @@ def serve_forever(conn: Connection, model_path: str, options: dict[str, Any],
     _exit_with_parent()
     os.environ.update({k: str(v) for k, v in options.pop("env", {}).items()})
     runtime = options.pop("runtime", {})
+    executor = options.pop("executor", "in_process")
     keep_frames = runtime.pop("keep_frames", False)  # benchmarks compare raw frames
     try:
         from videoserve.engines import fastvideo_adapter as adapter
 
         start = time.perf_counter()
-        runner = adapter.Instrumented(adapter.load_generator(model_path, options), **runtime)
+        runner = adapter.load_runner(model_path, options, executor, **runtime)
         conn.send({"type": "ready", "load_time": time.perf_counter() - start,
-                   "version": adapter.check_version()})
+                   "version": adapter.check_version(), "worker_pids": runner.worker_pids()})
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, then exit
         conn.send({"type": "load_error", "message": f"{type(exc).__name__}: {exc}",
                    "traceback": traceback.format_exc()})
@@ -130,13 +135,13 @@ def _generate(conn: Connection, runner: Any, request: dict[str, Any], cancel: An
         return True
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
         encoder.abort()
-        usable = adapter.pipeline_usable()
+        usable = runner.usable()
         conn.send({"type": "error", "message": _describe(exc), "fatal": not usable})
         return usable
     height, width = encoder.size
     conn.send({"type": "video", "num_frames": encoder.frames, "height": height, "width": width,
                "inference_time": inference_time, "encoding_time": encoding_time,
-               "stages": hooks.stages_seen, "peak_gib": adapter.peak_memory_gib(reset=True)})
+               "stages": hooks.stages_seen, "peak_gib": runner.peak_gib(result)})
     conn.send_bytes(mp4)
     if keep_frames:
         frames = np.concatenate([chunk() for chunk in chunks]) if chunks else _frames_array(

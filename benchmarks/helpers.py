@@ -1,0 +1,136 @@
+"""Helpers shared by the GPU benchmark scripts: environment, timestamped progress lines, a
+backend started as a subprocess, GPU memory as nvidia-smi sees it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+_START = time.monotonic()
+
+
+def log(message: str) -> None:
+    """A progress line with wall-clock and elapsed time, flushed at once (a run cut short
+    still shows where it was)."""
+    print(f"[{time.strftime('%H:%M:%S')} +{time.monotonic() - _START:6.1f}s] {message}",
+          flush=True)
+
+
+def environment() -> dict:
+    import importlib.metadata as meta
+
+    versions = {}
+    for package in ("torch", "fastvideo", "fastvideo-kernel", "ray"):
+        try:
+            versions[package] = meta.version(package)
+        except meta.PackageNotFoundError:
+            versions[package] = None
+    # nvidia-smi, not torch.cuda.get_device_name: that would give this process a CUDA context
+    # (memory on GPU 0) for the rest of the run.
+    try:
+        names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                               capture_output=True, text=True, timeout=30,
+                               check=True).stdout.strip().splitlines()
+    except (OSError, subprocess.SubprocessError):
+        names = []
+    return {"device": names[0] if names else "cpu", "gpus": len(names),
+            "date": date.today().isoformat(), **versions}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def gpu_memory_gib() -> list[float] | None:
+    """Memory used on each GPU (nvidia-smi; None where it is missing). Reading it this way
+    keeps the calling process off the GPU."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                             timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [round(float(line) / 1024, 1) for line in out.stdout.split()]
+
+
+def wait_for_free_gpus(limit_gib: float = 2.0, timeout: float = 60.0) -> list[float] | None:
+    """Poll until every GPU uses less than ``limit_gib`` (what a finished configuration left
+    behind must be gone before the next one is measured)."""
+    deadline = time.monotonic() + timeout
+    used = gpu_memory_gib()
+    while used and max(used) >= limit_gib and time.monotonic() < deadline:
+        time.sleep(1)
+        used = gpu_memory_gib()
+    return used
+
+
+@contextmanager
+def served_backend(args: list[str], log_path: Path, ready_timeout: float) -> Iterator[str]:
+    """``ray_serve_backend.py ARGS`` in its own process session, until /ready answers 200;
+    yields its URL. On exit: SIGINT (it drains and shuts Ray down), then SIGKILL for anything
+    of it still running, Ray's processes included."""
+    import psutil
+
+    port = free_port()
+    command = [sys.executable, str(ROOT / "ray_serve_backend.py"), "--port", str(port),
+               "--drain_timeout", "5", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(proc, url, ready_timeout)
+        yield url
+    finally:
+        family = _descendants(psutil, proc.pid)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+        for member in [*family, *_descendants(psutil, proc.pid)]:
+            try:
+                member.kill()
+            except psutil.Error:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+        psutil.wait_procs(family, timeout=30)
+
+
+def _descendants(psutil, pid: int) -> list:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _wait_ready(proc: subprocess.Popen, url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the backend exited with {proc.returncode} before it was ready")
+        try:
+            if requests.get(url + "/ready", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"the backend was not ready within {timeout:.0f} s")
