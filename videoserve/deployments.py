@@ -314,18 +314,23 @@ class Ingress:
             self.models.job_ended()
 
     async def _poll_readiness(self) -> None:
-        while True:
-            await self._refresh_states()
+        while await self._refresh_states():
             self.service.runner.wake()
             await asyncio.sleep(READINESS_POLL_S)
 
-    async def _refresh_states(self) -> None:
+    async def _refresh_states(self) -> bool:
+        """Read the generations' states from Serve; False once this replica is shutting down."""
         try:
             states = await asyncio.to_thread(_generation_states, self.app_name,
                                              self.models.known_generations())
             self.models.observe(states)
+        except RuntimeError as exc:
+            if "after shutdown" in str(exc):  # the replica's thread pool is gone: it is stopping
+                return False
+            log.warning("could not read the deployments' status", exc_info=True)
         except Exception:  # noqa: BLE001 - the controller is busy; keep the last answer
             log.warning("could not read the deployments' status", exc_info=True)
+        return True
 
     async def _readiness(self) -> dict[str, dict[str, Any]]:
         # Asked now rather than from the last poll: right after a deploy, /ready must not
