@@ -266,9 +266,12 @@ def channels_last_vae(pipeline: Any) -> None:
         return
     for stage in pipeline.stages:
         vae = getattr(stage, "vae", None)
-        if vae is None:
+        if vae is None or not hasattr(stage, "streaming_decode"):
             continue
-        for module in vae.modules():
+        # Only the decoding half: an I2V's image encoding must stay as it is (its layout would
+        # change the conditioning's rounding, which the DiT's steps then amplify).
+        parts = [getattr(vae, name, None) for name in ("post_quant_conv", "decoder")]
+        for module in (m for part in parts if part is not None for m in part.modules()):
             if isinstance(module, torch.nn.Conv3d):
                 module.weight.data = module.weight.data.contiguous(
                     memory_format=torch.channels_last_3d)
