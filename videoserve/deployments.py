@@ -209,6 +209,11 @@ class ServeDeployer:
         log.info("deleting %s generation %d", task, generation)
         await asyncio.to_thread(serve.delete, name, _blocking=False)
 
+    async def exists(self, task: Task, generation: int) -> bool:
+        status = await asyncio.to_thread(serve.status)
+        app = status.applications.get(generator_app(self.app_name, task, generation))
+        return app is not None and str(getattr(app.status, "value", app.status)) != "DELETING"
+
     def has_room(self, spec: ModelSpec) -> bool:
         available = ray.available_resources()
         if spec.num_gpus > 0:

@@ -61,6 +61,10 @@ class Deployer(Protocol):
 
     async def delete(self, task: Task, generation: int) -> None: ...
 
+    async def exists(self, task: Task, generation: int) -> bool:
+        """Whether the generation's replicas are deployed (and not being deleted)."""
+        ...
+
     def has_room(self, spec: ModelSpec) -> bool:
         """Whether the cluster can place ``spec``'s replicas beside everything running now."""
         ...
@@ -142,7 +146,14 @@ class ModelManager:
             log.info("models adopted from this run: %s", {t: (s.spec.model if s.spec else None,
                      s.generation) for t, s in self.slots.items()})
             # A switch that was in flight when the ingress died is not resumed: its generation
-            # (if any) is deleted below by the deployer's cleanup of unknown generations.
+            # (if any) is deleted by the ingress's cleanup of unknown generations. A generation
+            # that is gone (its application was deleted with the ingress's) is deployed again.
+            for slot in self.slots.values():
+                if slot.spec is not None and not await self.deployer.exists(slot.task,
+                                                                             slot.generation):
+                    slot.generation = self._take_generation()
+                    await self.deployer.deploy(slot.task, slot.spec, slot.generation)
+            self._save()
             return
         for slot in self.slots.values():
             slot.generation = self._take_generation()

@@ -30,6 +30,9 @@ class FakeDeployer:
         self.log.append(("delete", task, generation))
         self.live.pop((task, generation), None)
 
+    async def exists(self, task, generation):
+        return (task, generation) in self.live
+
     def has_room(self, spec):
         return self.room
 
@@ -125,6 +128,12 @@ def test_a_restarted_ingress_adopts_the_switched_models_of_its_run(tmp_path):
         await again.start()
         assert again.slots["t2v"].spec.model == "other-model"
         assert again.slots["t2v"].generation == first.slots["t2v"].generation
+        # The same run deployed again after its applications were deleted: nothing to adopt.
+        deployer.live.pop(("t2v", again.slots["t2v"].generation))
+        third = new_manager(tmp_path, deployer)
+        await third.start()
+        assert third.slots["t2v"].generation > again.slots["t2v"].generation
+        assert deployer.live[("t2v", third.slots["t2v"].generation)] == "other-model"
         fresh = ModelManager(dict(SPECS), deployer, tmp_path / "models.json", "run-2",
                              lambda t, g: 0)
         await fresh.start()  # a new run starts from its own settings, with new generations
