@@ -17,6 +17,7 @@ from videoserve.errors import ApiError, BodySizeLimit, error_body, install_error
 from videoserve.jobs import Job, is_job_id
 from videoserve.limits import Budget
 from videoserve.metrics import CONTENT_TYPE, ServiceMetrics
+from videoserve.models import is_ready
 from videoserve.schemas import (
     BatchRequest,
     ErrorResponse,
@@ -100,18 +101,13 @@ def create_app(service: VideoService, readiness: ReadinessFn,
         specs = service.current_specs()
         models = {task: {"task": task, "model": specs[task].model if task in specs else None,
                          **state} for task, state in states.items()}
-        loaded = [m for m in models.values() if m["state"] != "UNLOADED"]
-        is_ready = bool(loaded) and all(m["state"] == "RUNNING" for m in loaded)
-        body = {"ready": is_ready, "models": models}
-        return JSONResponse(body, status_code=200 if is_ready else 503)
+        ready = is_ready(states)
+        return JSONResponse({"ready": ready, "models": models}, status_code=200 if ready else 503)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         """Each task's model: engine, defaults, limits, state, and a switch in progress."""
-        if service.models is not None:
-            return {"object": "list", "data": service.models.describe()}
-        data = [{"object": "model", **spec.describe()} for spec in service.current_specs().values()]
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": service.models.describe()}
 
     @app.put("/v1/models/{model_type}", status_code=202, responses=ERRORS)
     async def update_model(model_type: Literal["t2v", "i2v"],

@@ -23,7 +23,7 @@ from ray.serve.handle import DeploymentHandle
 from videoserve.config import ModelSpec, Settings, Task
 from videoserve.engines import create_engine
 from videoserve.errors import public_reason
-from videoserve.models import ModelManager, States
+from videoserve.models import ModelManager, States, is_ready
 from videoserve.protocol import Event, WorkItem
 from videoserve.worker import EngineFactory, GeneratorWorker
 
@@ -263,8 +263,8 @@ class Ingress:
         self.metrics = ServiceMetrics(
             lambda: {t: s.model for t, s in self.service.current_specs().items()},
             lambda t: self.service.runner.counts(t), self.models.readiness)
-        self.service = VideoService(settings, self._dispatch, self.models.capacity,
-                                    self._request_cancel, self.models, self.metrics)
+        self.service = VideoService(settings, self._dispatch, self.models,
+                                    self._request_cancel, self.metrics)
         # The constructor runs on the replica's event loop: the runner's tasks live there.
         self.service.start()
         loop = asyncio.get_running_loop()
@@ -345,8 +345,7 @@ class Ingress:
 
     async def ready(self) -> bool:
         """True once every task's model has a running replica (the backend waits for it)."""
-        states = await self._readiness()
-        return all(s["state"] in ("RUNNING", "UNLOADED") for s in states.values())
+        return is_ready(await self._readiness())
 
     def info(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "draining": self.service.draining, "node_id": self.node_id}

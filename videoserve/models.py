@@ -70,6 +70,13 @@ class Deployer(Protocol):
         ...
 
 
+def is_ready(readiness: dict[str, dict[str, Any]]) -> bool:
+    """/ready's verdict on ``ModelManager.readiness()``: every loaded model has a running
+    replica (and some model is loaded)."""
+    loaded = [state for state in readiness.values() if state["state"] != "UNLOADED"]
+    return bool(loaded) and all(state["state"] == "RUNNING" for state in loaded)
+
+
 def spec_to_dict(spec: ModelSpec) -> dict[str, Any]:
     return asdict(spec)
 

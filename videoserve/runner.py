@@ -223,8 +223,8 @@ class JobRunner:
         match event:
             case Started(model=model, engine=engine, synthetic=synthetic):
                 # The generator names its model: after a switch it differs from the submit's.
-                changes = {"model": model, "engine": engine, "synthetic": synthetic} if model \
-                    else {}
+                changes = ({"model": model, "engine": engine, "synthetic": synthetic}
+                           if model else {})
                 job = self._put(job.to("in_progress", started_at=time.time(), stage="starting",
                                        **changes))
                 self.observer.on_started(job)

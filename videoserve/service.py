@@ -24,8 +24,9 @@ from videoserve.errors import ApiError
 from videoserve.jobs import Job, JobStore, new_job_id
 from videoserve.limits import Budget
 from videoserve.media import MediaError, decode_base64, fitted_png, image_size
+from videoserve.models import ModelManager
 from videoserve.protocol import Result, SamplingParams, resolve
-from videoserve.runner import Capacity, Dispatch, JobObserver, JobRunner, RequestCancel
+from videoserve.runner import Dispatch, JobObserver, JobRunner, RequestCancel
 from videoserve.schemas import GenerateVideoRequest
 from videoserve.storage import VideoFiles
 
@@ -136,16 +137,15 @@ def visible(job: Job | None, owner: str | None) -> Job | None:
 class VideoService:
     """Validates requests, queues them as jobs and answers for them."""
 
-    def __init__(self, settings: Settings, dispatch: Dispatch, capacity: Capacity,
-                 request_cancel: RequestCancel | None = None, models: Any = None,
+    def __init__(self, settings: Settings, dispatch: Dispatch, models: ModelManager,
+                 request_cancel: RequestCancel | None = None,
                  observer: JobObserver | None = None):
         self.settings = settings
-        # The models served now (a ``videoserve.models.ModelManager``); None: the settings'.
-        self.models = models
+        self.models = models  # the models served now, and their switches
         settings.inputs_dir.mkdir(parents=True, exist_ok=True)
         self.files = VideoFiles(settings.videos_dir)
         self.jobs = JobStore(settings.output_path / "jobs.sqlite3")
-        self.runner = JobRunner(self.jobs, dispatch, capacity, self.files.load_input,
+        self.runner = JobRunner(self.jobs, dispatch, models.capacity, self.files.load_input,
                                 self._save_result, request_cancel, observer)
         self.decode_budget = Budget(settings.max_decode_pixels)
         self.draining = False
@@ -158,8 +158,6 @@ class VideoService:
 
     def current_specs(self) -> dict[Task, ModelSpec]:
         """The model each task's new jobs are validated against (unloaded tasks left out)."""
-        if self.models is None:
-            return dict(self.settings.models)
         return {task: spec for task in self.models.slots
                 if (spec := self.models.spec(task)) is not None}
 
@@ -176,14 +174,10 @@ class VideoService:
 
     def update_model(self, task: Task, **changes: Any) -> dict[str, Any]:
         """Switch ``task`` to another model, engine or replica count (see models.py)."""
-        if self.models is None:
-            raise ApiError(405, "models cannot be changed here", code="not_supported")
         return self.models.update(task, **changes)
 
     def unload_model(self, task: Task) -> dict[str, Any]:
         """Stop serving ``task``; its queued jobs fail with a reason, running ones finish."""
-        if self.models is None:
-            raise ApiError(405, "models cannot be changed here", code="not_supported")
         described = self.models.unload(task)
         self.runner.fail_queued(task, f"the {task} model was unloaded before this job started; "
                                 "submit it again once a model is loaded")
