@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import environment  # noqa: E402 - after the path insert
+from helpers import environment, log  # noqa: E402 - after the path insert
 
 REFERENCE = "reference"
 PSNR_RULE_DB = 40.0
@@ -181,14 +181,16 @@ def both_on_one_gpu(models: dict, args) -> dict:
     from ray import serve
 
     from videoserve.config import Settings, build_specs
-    from videoserve.deployments import deploy
+    from videoserve.deployments import deploy, generator_handle
 
     start = time.perf_counter()
+    start_wall = time.time()
     specs = build_specs("fastwan", t2v_model=str(models["t2v"]), i2v_model=str(models["i2v"]),
                         gpu_count=args.gpus)
     specs = {task: replace(spec, synthetic=True) for task, spec in specs.items()}
     ray.init(num_cpus=8, num_gpus=args.gpus, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+    serve_up_s = time.perf_counter() - start
     url = f"http://127.0.0.1:{args.port}"
     used: list[float] = []
     sampling = threading.Event()
@@ -205,6 +207,9 @@ def both_on_one_gpu(models: dict, args) -> dict:
         while requests.get(url + "/ready", timeout=30).status_code != 200:
             time.sleep(0.5)
         ready_s = time.perf_counter() - start
+        loads = {task: load_breakdown(generator_handle("both", task).info.remote().result(),
+                                      start_wall) for task in ("t2v", "i2v")}
+        log(f"start to /ready {ready_s:.1f} s (Ray + Serve up at {serve_up_s:.1f} s): {loads}")
         png = io.BytesIO()
         Image.new("RGB", (args.width, args.height), (90, 120, 160)).save(png, format="PNG")
         size = {"height": args.height, "width": args.width, "num_frames": args.frames}
@@ -239,9 +244,24 @@ def both_on_one_gpu(models: dict, args) -> dict:
         serve.shutdown()
         ray.shutdown()
     return {"part": "both", "task": "both", "gpus": args.gpus, "ready_s": ready_s,
+            "serve_up_s": serve_up_s, "loads": loads,
             "command": "python " + " ".join(sys.argv), "t2v": answers[0],
             "i2v": answers[1], "gpu_used_peak_gib": max(used) if used else None,
             "configs": []}
+
+
+def load_breakdown(info: dict, start_wall: float) -> dict:
+    """When a generator replica began to load (seconds after the benchmark's start) and where
+    its load went, from the replica's info (``engine_load_breakdown``)."""
+    return {"began_s": round(info["load_started_at"] - start_wall, 1),
+            "load_s": round(info["load_time"], 1), **info.get("engine_load_breakdown", {})}
+
+
+def describe_load(task: str, load: dict) -> str:
+    parts = ", ".join(f"{k.removeprefix('module:').removesuffix('_s')} {v:.1f}"
+                      for k, v in load.items() if k not in ("began_s", "load_s"))
+    return (f"{task.upper()} replica began loading at {load['began_s']:.1f} s and was ready "
+            f"{load['load_s']:.1f} s later ({parts})")
 
 
 def render(paths: list[str]) -> str:
@@ -273,6 +293,11 @@ def render(paths: list[str]) -> str:
                       f"{i2v['status']} in {i2v['s']:.1f} s{step}; GPU memory used at most "
                       f"{part['gpu_used_peak_gib']:.1f} GiB on the fullest GPU (nvidia-smi).",
                       ""]
+            if part.get("loads"):
+                lines += [f"Where the start went (seconds): Ray and Serve up at "
+                          f"{part['serve_up_s']:.1f} s; "
+                          + "; ".join(describe_load(t, load) for t, load in part["loads"].items())
+                          + ".", ""]
             continue
         lines += [f"## {part['part']} ({part['task']})", "", f"Command: `{part['command']}`", "",
                   "| configuration | total s | prompt s | denoise s | s/step | decode s | "

@@ -70,10 +70,15 @@ class GeneratorWorker:
         # A replica killed while encoding leaves its temp MP4; the one replacing it removes it.
         remove_orphaned_temp_files()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{spec.task}-engine")
+        # Wall-clock start: set against the backend's own start it shows how long the replica
+        # waited for Ray and Serve before its model began to load.
+        self.load_started_at = time.time()
         start = time.perf_counter()
         self.engine = self._executor.submit(engine_factory, spec).result()
         self.load_time = time.perf_counter() - start
-        log.info("%s model %s loaded in %.1fs", spec.task, spec.model, self.load_time)
+        breakdown = getattr(self.engine, "load_breakdown", None)
+        log.info("%s model %s loaded in %.1fs%s", spec.task, spec.model, self.load_time,
+                 f" ({breakdown})" if breakdown else "")
 
     def check_health(self) -> None:
         healthy = getattr(self.engine, "healthy", True)
@@ -82,7 +87,8 @@ class GeneratorWorker:
 
     def info(self) -> dict[str, Any]:
         stats = getattr(self.engine, "stats", dict)()
-        return {**self.spec.describe(), "load_time": round(self.load_time, 3), "pid": os.getpid(),
+        return {**self.spec.describe(), "load_time": round(self.load_time, 3),
+                "load_started_at": self.load_started_at, "pid": os.getpid(),
                 "generations": self.generations, "orphans_stopped": self.orphans_stopped,
                 "last_orphan": self.last_orphan,
                 **stats}

@@ -77,6 +77,21 @@ def test_fastvideo_t2v_and_i2v_over_http(fastvideo_backend):
     assert (video.frames, video.width, video.height) == (5, 64, 48)
 
 
+def test_replica_info_says_where_the_load_went(fastvideo_backend):
+    _, i2v = fastvideo_backend
+    details = info(i2v)
+    breakdown = details["engine_load_breakdown"]
+    # Every pipeline module fastvideo loaded is timed, plus the phases around them.
+    assert {"module:transformer", "module:vae", "module:text_encoder",
+            "module:image_encoder"} <= breakdown.keys(), breakdown
+    assert {"import_s", "process_start_s", "pipeline_setup_s"} <= breakdown.keys()
+    assert all(v >= 0 for v in breakdown.values()), breakdown
+    # The parts add up to the engine's load (rounding aside); no warm-up in the tiny preset.
+    assert abs(sum(breakdown.values()) - details["engine_load_s"]) < 0.1 * len(breakdown)
+    assert "warmup_s" not in breakdown
+    assert details["load_started_at"] <= time.time() - details["load_time"]
+
+
 def test_i2v_with_guidance_and_an_empty_negative_prompt(fastvideo_backend):
     # Classifier-free guidance encodes the negative prompt; an empty one must stay "".
     root, _ = fastvideo_backend

@@ -27,10 +27,12 @@ unless ``VIDEOSERVE_FASTVIDEO_ANY_VERSION=1``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -554,14 +556,47 @@ class Distributed:
 
 
 def load_runner(model_path: str, options: dict[str, Any], executor: str = "in_process",
+                timings: dict[str, float] | None = None,
                 **runtime: Any) -> Instrumented | Distributed:
     """The pipeline in this process (``in_process``) or in fastvideo's worker processes
-    (``multiproc``: required for sp_size > 1)."""
-    if executor == "multiproc":
-        return Distributed.load(model_path, options, **runtime)
-    if executor != "in_process":
+    (``multiproc``: required for sp_size > 1). ``timings`` receives where the load's time
+    went (see ``timed_load``)."""
+    if executor not in ("in_process", "multiproc"):
         raise ValueError(f"unknown executor {executor!r}; expected in_process or multiproc")
-    return Instrumented(load_generator(model_path, options), **runtime)
+    with timed_load(timings if timings is not None else {}):
+        if executor == "multiproc":
+            return Distributed.load(model_path, options, **runtime)
+        return Instrumented(load_generator(model_path, options), **runtime)
+
+
+@contextlib.contextmanager
+def timed_load(timings: dict[str, float]) -> Iterator[None]:
+    """Record the seconds spent importing fastvideo (``import_s``) and loading each pipeline
+    module in this process (``module:<name>``, e.g. ``module:transformer``): a slow start is
+    then read per part instead of guessed. With ``sp_size`` > 1 the modules load in the
+    workers, so only the import is recorded here."""
+    begin = time.perf_counter()
+    import fastvideo  # noqa: F401 - the import is what is timed
+    from fastvideo.models.loader.component_loader import PipelineComponentLoader
+
+    timings["import_s"] = round(time.perf_counter() - begin, 2)
+    original = PipelineComponentLoader.__dict__["load_module"]
+    load = original.__func__
+
+    def load_module(*args: Any, **kwargs: Any) -> Any:
+        name = kwargs.get("module_name", args[0] if args else "?")
+        start = time.perf_counter()
+        try:
+            return load(*args, **kwargs)
+        finally:
+            key = f"module:{name}"
+            timings[key] = round(timings.get(key, 0.0) + time.perf_counter() - start, 2)
+
+    PipelineComponentLoader.load_module = staticmethod(load_module)
+    try:
+        yield
+    finally:
+        PipelineComponentLoader.load_module = original
 
 
 def _stream_decode(stage: Any, batch: Any, fastvideo_args: Any, hooks: RunHooks) -> Any | None:

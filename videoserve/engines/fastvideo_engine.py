@@ -74,6 +74,7 @@ class FastVideoEngine:
                          dropped)
         self.warmup = warmup if options.pop("warmup", False) else None
         self.warmup_time: float | None = None
+        self.load_breakdown: dict[str, float] = {}
         self.options = self._generator_options(options)
         self.healthy = False
         self.load_time = 0.0
@@ -157,12 +158,22 @@ class FastVideoEngine:
         self.loads += 1
         self.version = message.get("version", "")
         self.worker_pids = message.get("worker_pids", [])
+        # Where the start went: the child's own start (interpreter, imports of this package),
+        # fastvideo's import, each pipeline module, the rest of the pipeline's set-up, warm-up.
+        child_load = float(message.get("load_time", 0.0))
+        timings = dict(message.get("timings", {}))
+        modules = sum(v for k, v in timings.items() if k.startswith("module:"))
+        timings["process_start_s"] = round(time.perf_counter() - start - child_load, 2)
+        timings["pipeline_setup_s"] = round(
+            child_load - timings.get("import_s", 0.0) - modules, 2)
         if self.warmup is not None:
             # First calls pay for compilation and kernel autotuning; a user request must not.
             warm = time.perf_counter()
             with self._request(self.warmup) as kwargs:
                 self._send(kwargs, self.warmup, lambda *_: None, lambda: False)
             self.warmup_time = time.perf_counter() - warm
+            timings["warmup_s"] = round(self.warmup_time, 2)
+        self.load_breakdown = timings
         self.load_time = time.perf_counter() - start
         self.healthy = True
         log.info("fastvideo %s %s loaded %s in %.1fs (pid %s)", self.version, self.task,
@@ -197,6 +208,7 @@ class FastVideoEngine:
         return {"engine_pid": pid, "engine_worker_pids": self.worker_pids,
                 "engine_loads": self.loads, "videos_encoded": self.videos,
                 "fastvideo_version": self.version, "engine_load_s": round(self.load_time, 2),
+                "engine_load_breakdown": self.load_breakdown,
                 "warmup_s": self.warmup_time and round(self.warmup_time, 2),
                 "last_peak_gib": self.last_peak_gib}
 

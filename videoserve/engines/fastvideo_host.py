@@ -15,7 +15,8 @@ Only small messages and the finished MP4 cross the pipe: frames are encoded here
 chunk while the VAE decodes the next chunk.
 
 Protocol over a ``multiprocessing`` pipe (the parent is ``fastvideo_engine.FastVideoEngine``):
-  child -> parent  {"type": "ready", "load_time": s, "version": v, "worker_pids": [...]}
+  child -> parent  {"type": "ready", "load_time": s, "timings": {...}, "version": v,
+                    "worker_pids": [...]}
                    | {"type": "load_error", ...}
   parent -> child  {"seq": n, "kwargs": {...}, "fps": f}  one generation;  None  shut down
   child -> parent  {"type": "stage", "stage": name}, {"type": "step", "step": k, "total": n}
@@ -72,9 +73,11 @@ def serve_forever(conn: Connection, model_path: str, options: dict[str, Any],
         from videoserve.engines import fastvideo_adapter as adapter
 
         start = time.perf_counter()
-        runner = adapter.load_runner(model_path, options, executor, **runtime)
+        timings: dict[str, float] = {}
+        runner = adapter.load_runner(model_path, options, executor, timings, **runtime)
         conn.send({"type": "ready", "load_time": time.perf_counter() - start,
-                   "version": adapter.check_version(), "worker_pids": runner.worker_pids()})
+                   "timings": timings, "version": adapter.check_version(),
+                   "worker_pids": runner.worker_pids()})
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, then exit
         conn.send({"type": "load_error", "message": f"{type(exc).__name__}: {exc}",
                    "traceback": traceback.format_exc()})
