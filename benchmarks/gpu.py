@@ -188,6 +188,14 @@ def both_on_one_gpu(models: dict, args) -> dict:
     specs = build_specs("fastwan", t2v_model=str(models["t2v"]), i2v_model=str(models["i2v"]),
                         gpu_count=args.gpus)
     specs = {task: replace(spec, synthetic=True) for task, spec in specs.items()}
+    if args.gpus == 1 and args.shared_i2v_offload:
+        # Another split of the one GPU than the preset's: what the I2V keeps off the GPU.
+        offload = {"layerwise": {"text_encoder_cpu_offload": True, "dit_layerwise_offload": True},
+                   "text_encoder": {"text_encoder_cpu_offload": True,
+                                    "dit_layerwise_offload": False}}[args.shared_i2v_offload]
+        specs["i2v"] = replace(specs["i2v"],
+                               engine_options={**specs["i2v"].engine_options, **offload})
+    log(f"placement: { {t: (s.num_gpus, s.engine_options) for t, s in specs.items()} }")
     ray.init(num_cpus=8, num_gpus=args.gpus, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     serve_up_s = time.perf_counter() - start
@@ -244,6 +252,7 @@ def both_on_one_gpu(models: dict, args) -> dict:
         serve.shutdown()
         ray.shutdown()
     return {"part": "both", "task": "both", "gpus": args.gpus, "ready_s": ready_s,
+            "i2v_options": specs["i2v"].engine_options,
             "serve_up_s": serve_up_s, "loads": loads,
             "command": "python " + " ".join(sys.argv), "t2v": answers[0],
             "i2v": answers[1], "gpu_used_peak_gib": max(used) if used else None,
@@ -285,8 +294,14 @@ def render(paths: list[str]) -> str:
             step = (f" ({i2v['per_step_s']:.2f} s a step while the T2V ran beside it)"
                     if i2v.get("per_step_s") else "")
             where = "one GPU" if gpus == 1 else f"{gpus} GPUs"
+            opts = part.get("i2v_options", {})
+            kept = [name for flag, name in (("text_encoder_cpu_offload", "its text encoder"),
+                                            ("dit_layerwise_offload", "its DiT's layers"))
+                    if opts.get(flag)]
+            off = (f" The I2V-14B keeps {' and '.join(kept)} in CPU memory." if kept else
+                   " Nothing offloaded.")
             lines += [f"## Both models on {where} (the fastwan preset's placement)", "",
-                      f"Command: `{part['command']}`", "",
+                      f"Command: `{part['command']}`.{off}", "",
                       f"Start to /ready: {part['ready_s']:.1f} s. A T2V (3 steps) and an I2V "
                       f"({4 if i2v.get('per_step_s') else 2} steps) request at once: T2V "
                       f"{part['t2v']['status']} in {part['t2v']['s']:.1f} s, I2V "
@@ -405,6 +420,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8781)
     parser.add_argument("--gpus", type=int, default=1,
                         help="GPUs for --part both (1: both models share one)")
+    parser.add_argument("--shared_i2v_offload", choices=["layerwise", "text_encoder"],
+                        help="--part both on one GPU: what the I2V offloads (default: what the "
+                        "preset's placement says)")
     args = parser.parse_args()
     if args.render:
         print(render(args.render))
