@@ -159,6 +159,8 @@ def load_generator(model_path: str, options: dict[str, Any]) -> Any:
     logging.getLogger("fastvideo.entrypoints.video_generator").addFilter(_ExpectedEmptyOutput())
 
     executor_class = _in_process_executor_class()
+    if options.get("dit_layerwise_offload"):
+        pin_layers_in_one_block()
 
     class InProcessVideoGenerator(VideoGenerator):
         @classmethod
@@ -167,6 +169,69 @@ def load_generator(model_path: str, options: dict[str, Any]) -> Any:
                        log_stats=False, log_queue=log_queue)
 
     return InProcessVideoGenerator.from_pretrained(model_path, **options)
+
+
+# Host memory is laid out in blocks aligned to this many bytes (any dtype's element size).
+HOST_ALIGN = 64
+
+
+def pin_layers_in_one_block() -> None:
+    """Make fastvideo's layerwise DiT offload keep each layer's weights in one page-locked
+    host block of the layer's exact size.
+
+    fastvideo copies every parameter to pageable memory and then pins it on its own
+    (``param.to("cpu").pin_memory()``): about a thousand pinned allocations for the I2V-14B,
+    each rounded up to a power of two by torch's pinned allocator, plus a pageable copy of all
+    28 GB first; that was 54 s of the shared-GPU start (docs/BENCHMARKS.md). Here each layer's
+    parameters are copied from the GPU straight into one host block, page-locked once with
+    ``cudaHostRegister``; the per-parameter tensors fastvideo streams from are views of it, so
+    its prefetch and release code is unchanged.
+    """
+    from fastvideo.hooks.layerwise_offload import LayerwiseOffloadState
+
+    if getattr(LayerwiseOffloadState, "videoserve_blocks", False):
+        return
+    offload = LayerwiseOffloadState.on_init
+
+    def on_init(state: Any, module: Any) -> None:
+        try:
+            host_block_for_layer(state, module)
+        except RuntimeError as exc:  # registration refused (e.g. a locked-memory limit)
+            logging.getLogger(__name__).warning(
+                "pinning a layer in one block failed (%s); fastvideo's own pinning is used", exc)
+            offload(state, module)
+
+    LayerwiseOffloadState.on_init = on_init
+    LayerwiseOffloadState.videoserve_blocks = True
+
+
+def host_block_for_layer(state: Any, module: Any, pin: bool = True) -> None:
+    """``LayerwiseOffloadState.on_init`` with one host block per layer (``pin``: page-lock it;
+    CUDA only)."""
+    import torch
+    from fastvideo.hooks.layerwise_offload import _tensor_placeholder
+
+    state.module_ref = module
+    params = [(name, p) for name, p in module.named_parameters() if state._will_offload(name)]
+    offsets, total = [], 0
+    for _, param in params:
+        offsets.append(total)
+        total += -(-param.data.nbytes // HOST_ALIGN) * HOST_ALIGN
+    if not params:
+        return
+    block = torch.empty(total, dtype=torch.uint8)
+    if pin:
+        block.fill_(0)  # fault the pages in with all threads before one thread locks them
+        error = int(torch.cuda.cudart().cudaHostRegister(block.data_ptr(), total, 0))
+        if error != 0:
+            raise RuntimeError(f"cudaHostRegister failed with CUDA error {error}")
+        state.videoserve_block = block  # registered for the life of the process
+    for (name, param), offset in zip(params, offsets, strict=True):
+        data = param.data.detach()
+        host = block[offset:offset + data.nbytes].view(data.dtype).view(data.shape)
+        host.copy_(data)
+        state.cpu_named_parameters[name] = host
+        param.data = _tensor_placeholder(data, state.device)
 
 
 def pipeline_of(generator: Any) -> Any:

@@ -1,0 +1,39 @@
+"""The layerwise offload's host memory: one block per layer, views per parameter."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+offload = pytest.importorskip("fastvideo.hooks.layerwise_offload")
+
+from videoserve.engines.fastvideo_adapter import HOST_ALIGN, host_block_for_layer  # noqa: E402
+
+
+def bare_state():
+    # The real state class, without the CUDA stream its constructor makes.
+    state = offload.LayerwiseOffloadState.__new__(offload.LayerwiseOffloadState)
+    state.cpu_named_parameters, state.gpu_named_parameters = {}, {}
+    state.device, state.next_state = torch.device("cpu"), None
+    return state
+
+
+def test_a_layer_lives_in_one_block_of_views():
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.LayerNorm(5),
+                                torch.nn.Linear(5, 3, bias=False)).to(torch.bfloat16)
+    layer.register_parameter("scale", torch.nn.Parameter(torch.tensor(2.0)))
+    before = {name: p.detach().clone() for name, p in layer.named_parameters()}
+    state = bare_state()
+    host_block_for_layer(state, layer, pin=False)
+
+    assert state.cpu_named_parameters.keys() == before.keys()
+    storages = {t.untyped_storage().data_ptr() for t in state.cpu_named_parameters.values()}
+    assert len(storages) == 1  # one block for the whole layer
+    base = next(iter(storages))
+    for name, host in state.cpu_named_parameters.items():
+        assert torch.equal(host, before[name]) and host.dtype == before[name].dtype
+        assert (host.data_ptr() - base) % HOST_ALIGN == 0
+    # The module keeps empty placeholders until fastvideo streams a layer in.
+    assert all(p.numel() == 0 for p in layer.parameters())
+    assert state.module_ref is layer
