@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
+import fastvideo.hooks.layerwise_offload as offload
+import torch
 
-torch = pytest.importorskip("torch")
-offload = pytest.importorskip("fastvideo.hooks.layerwise_offload")
-
-from videoserve.engines.fastvideo_adapter import HOST_ALIGN, host_block_for_layer  # noqa: E402
+from videoserve.engines.fastvideo_adapter import HOST_ALIGN, host_block_for_layer
 
 
 def bare_state():
