@@ -186,8 +186,8 @@ def place(specs: dict[Task, ModelSpec], gpu_count: int) -> dict[Task, ModelSpec]
     GPUs (a fraction each, packed so Ray can place them all); on a shared GPU the I2V model
     offloads its text encoder and streams DiT layers so both models fit in 80 GB (measured
     peak 77.7 of 79.6 GiB on an H100 with a T2V and an I2V at once; with the DiT kept on the
-    GPU the T2V ran out of memory, docs/BENCHMARKS.md). A replica that spans GPUs cannot share them: with fewer
-    than R GPUs, sp_size > 1 is refused. CPU-only specs are left as they are.
+    GPU the T2V ran out of memory, docs/BENCHMARKS.md). A replica that spans GPUs cannot share
+    them: with fewer than R GPUs, sp_size > 1 is refused. CPU-only specs are left as they are.
     """
     # Tiny random-weight models stay on the CPU under the diffusers engine; everything else that
     # can use a GPU gets one.
