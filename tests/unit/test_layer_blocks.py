@@ -35,3 +35,27 @@ def test_a_layer_lives_in_one_block_of_views():
     # The module keeps empty placeholders until fastvideo streams a layer in.
     assert all(p.numel() == 0 for p in layer.parameters())
     assert state.module_ref is layer
+
+
+def test_fastvideo_pinning_is_kept_where_a_block_cannot_be_pinned(monkeypatch):
+    from videoserve.engines import fastvideo_adapter as adapter
+
+    cls = offload.LayerwiseOffloadState
+    fastvideo_own = []
+    monkeypatch.setattr(cls, "on_init", lambda state, module: fastvideo_own.append(module))
+    monkeypatch.setattr(cls, "videoserve_blocks", False, raising=False)
+
+    tries = []
+
+    def refused(state, module):
+        tries.append(module)
+        raise RuntimeError("cudaHostRegister failed with CUDA error 2")
+
+    monkeypatch.setattr(adapter, "host_block_for_layer", refused)
+    adapter.pin_layers_in_one_block()
+    layer = torch.nn.Linear(3, 3)
+    cls.on_init(bare_state(), layer)
+    assert fastvideo_own == [layer] and tries == [layer]
+    adapter.pin_layers_in_one_block()  # a second load in the process does not wrap it twice
+    cls.on_init(bare_state(), layer)
+    assert fastvideo_own == [layer, layer] and tries == [layer, layer]

@@ -196,7 +196,7 @@ def pin_layers_in_one_block() -> None:
     def on_init(state: Any, module: Any) -> None:
         try:
             host_block_for_layer(state, module)
-        except RuntimeError as exc:  # registration refused (e.g. a locked-memory limit)
+        except (RuntimeError, AttributeError) as exc:  # registration refused or unavailable
             logging.getLogger(__name__).warning(
                 "pinning a layer in one block failed (%s); fastvideo's own pinning is used", exc)
             offload(state, module)
