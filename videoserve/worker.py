@@ -125,14 +125,12 @@ class GeneratorWorker:
             return
         try:
             if await self.cancel_signal.wait(job_id):
-                run.cancel_received_at = run.step
                 cancel.set()
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - the ingress that owns this job is gone
             log.warning("job %s: its ingress is gone; stopping it at the next step", job_id)
             run.orphaned = True
-            run.cancel_received_at = run.step
             self.orphans_stopped += 1
             cancel.set()
 
@@ -150,8 +148,18 @@ class GeneratorWorker:
                 run.step, run.stage = step, stage
                 emit(Progress(stage, step, total))
 
+            def should_cancel() -> bool:
+                # The step is recorded when the engine takes the cancel in, not when it reached
+                # this replica: the engine has then read every step its pipeline reported, so
+                # the record is the step the cancel really met.
+                if not cancel.is_set():
+                    return False
+                if run.cancel_received_at is None:
+                    run.cancel_received_at = run.step
+                return True
+
             self.generations += 1
-            output = self.engine.generate(params, progress, cancel.is_set)
+            output = self.engine.generate(params, progress, should_cancel)
             emit(Result(output.mp4, output.num_frames, output.height, output.width,
                         output.inference_time, output.encoding_time))
         except GenerationCancelled:

@@ -261,7 +261,9 @@ class FastVideoEngine:
                 should_cancel: CancelFn) -> GenerationOutput:
         step, total = 0, params.num_inference_steps
         while True:
-            if self._cancel.value != seq and should_cancel():
+            # A cancel is passed on only once every message the child already sent is read, so
+            # the step it is recorded at is the child's latest and the child stops at its next.
+            if self._cancel.value != seq and not self._conn.poll() and should_cancel():
                 self._cancel.value = seq
             try:
                 message = self._recv_message(timeout=POLL_S)
