@@ -213,19 +213,19 @@ def host_block_for_layer(state: Any, module: Any, pin: bool = True) -> None:
 
     state.module_ref = module
     params = [(name, p) for name, p in module.named_parameters() if state._will_offload(name)]
+    if not params:
+        return
     offsets, total = [], 0
     for _, param in params:
         offsets.append(total)
         total += -(-param.data.nbytes // HOST_ALIGN) * HOST_ALIGN
-    if not params:
-        return
+    # Registered for the life of the process; the views below keep the block alive.
     block = torch.empty(total, dtype=torch.uint8)
     if pin:
         block.fill_(0)  # fault the pages in with all threads before one thread locks them
         error = int(torch.cuda.cudart().cudaHostRegister(block.data_ptr(), total, 0))
         if error != 0:
             raise RuntimeError(f"cudaHostRegister failed with CUDA error {error}")
-        state.videoserve_block = block  # registered for the life of the process
     for (name, param), offset in zip(params, offsets, strict=True):
         data = param.data.detach()
         host = block[offset:offset + data.nbytes].view(data.dtype).view(data.shape)

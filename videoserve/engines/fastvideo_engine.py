@@ -208,8 +208,7 @@ class FastVideoEngine:
         return {"engine_pid": pid, "engine_worker_pids": self.worker_pids,
                 "engine_loads": self.loads, "videos_encoded": self.videos,
                 "fastvideo_version": self.version, "engine_load_s": round(self.load_time, 2),
-                "engine_load_breakdown": self.load_breakdown,
-                "warmup_s": self.warmup_time and round(self.warmup_time, 2),
+                "engine_load_breakdown": self.load_breakdown,  # with the warm-up's time
                 "last_peak_gib": self.last_peak_gib}
 
     def _request_kwargs(self, params: GenerationParams, image_path: str | None) -> dict[str, Any]:
