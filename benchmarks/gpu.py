@@ -40,6 +40,7 @@ LEVERS = {
     "text_encoder_bf16": {"text_encoder_precision": "bf16"},
     "cudnn_benchmark": {"cudnn_benchmark": True},
     "vae_channels_last": {"vae_channels_last": True},
+    "vae_compile": {"vae_compile": True},
     "sdpa_cudnn_first": {"sdpa_priority": CUDNN_FIRST},
     "compile_dit": {"compile": True},
 }
@@ -48,7 +49,7 @@ PARTS = {
     "fastwan": {"task": "t2v", "base": {**BASE, "attention_backend": "VIDEO_SPARSE_ATTN",
                                         "VSA_sparsity": 0.8},
                 "levers": ["vae_bf16", "text_encoder_bf16", "cudnn_benchmark", "compile_dit",
-                           "vae_channels_last"],
+                           "vae_channels_last", "vae_compile"],
                 "steps": 3, "guidance": 1.0, "runs": 3},
     "i2v": {"task": "i2v", "base": dict(BASE),
             "levers": ["sdpa_cudnn_first", "compile_dit"],

@@ -345,22 +345,136 @@ def channels_last_vae(pipeline: Any) -> None:
         stage.videoserve_channels_last = True
 
 
+# The module-level ContextVars through which fastvideo's Wan VAE hands its causal feature cache
+# (and the chunk's position) from layer to layer inside the decoder.
+WAN_DECODER_CONTEXT = ("is_first_frame", "feat_cache", "feat_idx", "first_chunk",
+                       "use_light_vae")
+
+
+class _Slot:
+    """Stands in for one of those ContextVars during a compiled decoder call: torch.compile
+    cannot trace ``ContextVar.set()`` (a graph break), a plain attribute it can."""
+
+    def __init__(self) -> None:
+        self.value: Any = None
+
+    def get(self) -> Any:
+        return self.value
+
+    def set(self, value: Any) -> None:
+        self.value = value
+
+
+# One set for the process: compiled code guards on the identity of the globals it read, so
+# every call (and every decoder) must find the same slots there.
+_SLOTS = {name: _Slot() for name in WAN_DECODER_CONTEXT}
+
+
+class CompiledDecoder:
+    """A Wan VAE decoder's ``forward``, torch.compile'd for one frame size; installed as the
+    decoder's ``forward``, so the VAE's own decode loops call it unchanged.
+
+    The decoder runs once per latent frame and passes its causal cache between layers through
+    module-level ContextVars. Compiled as it is, each ``ContextVar.set()`` breaks the graph,
+    and the resumed frames of every residual block (one code object for all of them) exceed
+    the recompile limit. So for the length of a compiled call those module globals point at
+    ``_Slot``s holding the same values: the whole decoder is one graph, with no graph breaks,
+    compiled anew only while the cache fills (the first latent frames find it empty, then
+    partly filled, then a compiled graph's own outputs: three or four graphs in all, then
+    none). After the call the context gets what the eager forward would have left there.
+    ``dynamic=False``: exact shapes, never dynamic-shape kernels.
+
+    Only the first frame size it decodes is compiled (the warm-up's, the model's default size,
+    when the engine warms up at load); other sizes run the eager forward, so no request waits
+    for a compile and the graphs stay within the recompile limit. One decode at a time: the
+    module globals are swapped for the whole process.
+    """
+
+    def __init__(self, decoder: Any, backend: str = "inductor"):
+        import sys
+
+        import torch
+
+        self.module = sys.modules[type(decoder).__module__]
+        self.context = {name: getattr(self.module, name) for name in WAN_DECODER_CONTEXT}
+        self.eager = decoder.forward
+        self.compiled = torch.compile(self.eager, backend=backend, dynamic=False)
+        self.size: tuple[int, ...] | None = None
+
+    @staticmethod
+    def supports(decoder: Any) -> bool:
+        """True for a decoder of fastvideo's Wan VAE (the ContextVars this class replaces)."""
+        import contextvars
+        import sys
+
+        module = sys.modules.get(type(decoder).__module__)
+        return decoder is not None and all(
+            isinstance(getattr(module, name, None), contextvars.ContextVar)
+            for name in WAN_DECODER_CONTEXT)
+
+    def __call__(self, x: Any) -> Any:
+        size = tuple(x.shape[-2:])
+        if self.size is None:
+            self.size = size
+        if size != self.size:
+            return self.eager(x)
+        for name, var in self.context.items():
+            _SLOTS[name].value = var.get()
+            setattr(self.module, name, _SLOTS[name])
+        try:
+            return self.compiled(x)
+        finally:
+            for name, var in self.context.items():
+                setattr(self.module, name, var)
+            # The cache list (updated in place) and the index past the decoder's last causal
+            # convolution, as the eager forward leaves them.
+            self.context["feat_cache"].set(_SLOTS["feat_cache"].value)
+            self.context["feat_idx"].set(_SLOTS["feat_idx"].value)
+            for slot in _SLOTS.values():
+                slot.value = None
+
+
+def compile_vae(pipeline: Any) -> None:
+    """torch.compile the Wan VAE's decoder used by the streamed decode (``CompiledDecoder``);
+    the first decode compiles it, so the engine's warm-up at load pays for it. CUDA only;
+    elsewhere ignored."""
+    import torch
+
+    log = logging.getLogger(__name__)
+    if not torch.cuda.is_available():
+        log.info("vae_compile applies to CUDA only; ignored here")
+        return
+    for stage in pipeline.stages:
+        vae = getattr(stage, "vae", None)
+        if vae is None or not hasattr(stage, "streaming_decode"):
+            continue
+        decoder = getattr(vae, "decoder", None)
+        if not CompiledDecoder.supports(decoder):
+            log.info("vae_compile: %s is not a Wan VAE decoder; ignored", type(decoder).__name__)
+        elif not isinstance(decoder.forward, CompiledDecoder):
+            decoder.forward = CompiledDecoder(decoder)
+
+
 class Instrumented:
     """A loaded generator with hooks on its pipeline stages; ``hooks`` is set per job.
 
     ``sdpa_priority`` orders torch's dense attention kernels for every generation (cuDNN first
     is the fastest on an H100 for these head sizes); ``cudnn_benchmark`` autotunes the VAE's
-    convolutions. Both only apply on CUDA; elsewhere they are logged and ignored.
+    convolutions; ``vae_channels_last`` and ``vae_compile`` speed up the streamed decode. All
+    only apply on CUDA; elsewhere they are logged and ignored.
     """
 
     def __init__(self, generator: Any, sdpa_priority: list[str] | None = None,
-                 cudnn_benchmark: bool = False, vae_channels_last: bool = False):
+                 cudnn_benchmark: bool = False, vae_channels_last: bool = False,
+                 vae_compile: bool = False):
         self.generator = generator
         self.hooks: RunHooks | None = None
         instrument(pipeline_of(generator), lambda: self.hooks)
         self.sdpa_priority = attention_priority(sdpa_priority, cudnn_benchmark)
         if vae_channels_last:
             channels_last_vae(pipeline_of(generator))
+        if vae_compile:
+            compile_vae(pipeline_of(generator))
 
     def generate(self, hooks: RunHooks, **kwargs: Any) -> dict[str, Any]:
         """One ``generate_video`` call with ``hooks`` attached; StopDenoising when cancelled."""
@@ -522,11 +636,13 @@ class Distributed:
 
     @classmethod
     def load(cls, model_path: str, options: dict[str, Any], sdpa_priority: list[str] | None = None,
-             cudnn_benchmark: bool = False, vae_channels_last: bool = False) -> Distributed:
+             cudnn_benchmark: bool = False, vae_channels_last: bool = False,
+             vae_compile: bool = False) -> Distributed:
         check_version()
-        if vae_channels_last:
-            # The workers decode with fastvideo's own one-shot decode, not the streamed one.
-            logging.getLogger(__name__).info("vae_channels_last is not used with sp_size > 1")
+        for name, on in (("vae_channels_last", vae_channels_last), ("vae_compile", vae_compile)):
+            if on:
+                # The workers decode with fastvideo's own one-shot decode, not the streamed one.
+                logging.getLogger(__name__).info("%s is not used with sp_size > 1", name)
         from fastvideo import VideoGenerator
 
         _survive_worker_failures()

@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 # How often a waiting generation checks should_cancel() (cancel reaches the child within this).
 POLL_S = 0.01
 # Options applied inside the child around generations rather than passed to fastvideo.
-RUNTIME_OPTIONS = ("sdpa_priority", "cudnn_benchmark", "vae_channels_last", "keep_frames")
+RUNTIME_OPTIONS = ("sdpa_priority", "cudnn_benchmark", "vae_channels_last", "vae_compile",
+                   "keep_frames")
 
 
 def check_params(task: str, params: GenerationParams) -> None:
@@ -101,8 +102,10 @@ class FastVideoEngine:
         ``vae_precision`` / ``text_encoder_precision`` ("fp32", "bf16"), ``compile`` (DiT
         torch.compile, paid for by a warm-up at load), ``sdpa_priority`` (e.g. ["cudnn",
         "flash", "efficient", "math"]: dense attention kernels tried in that order),
-        ``cudnn_benchmark`` (autotuned VAE convolutions), ``warmup`` (one short generation
-        at load so no user request pays for first-call costs).
+        ``cudnn_benchmark`` (autotuned VAE convolutions), ``vae_channels_last`` (the VAE
+        decodes in cuDNN's channels-last layout), ``vae_compile`` (torch.compile of the VAE
+        decoder, for the first video size it decodes: use with ``warmup``), ``warmup`` (one
+        short generation at load so no user request pays for first-call costs).
 
         Several GPUs for one video: ``sp_size`` (sequence parallel over that many GPUs of
         the process's CUDA_VISIBLE_DEVICES; runs fastvideo's own worker processes, one per
