@@ -315,6 +315,15 @@ def render(paths: list[str]) -> str:
                           + "; ".join(describe_load(t, load) for t, load in part["loads"].items())
                           + ".", ""]
             continue
+        if part["part"] == "served":
+            s = part["served"]
+            lines += ["## FastWan served (the fastwan preset, its GPU to itself)", "",
+                      f"Command: `{part['command']}`", "",
+                      f"`POST /generate_video`, 480×832×81, 3 steps: median "
+                      f"{s['served_s']:.2f} s (runs {[round(t, 2) for t in s['runs']]}; "
+                      f"inside the replica: {s['detail']}); start to ready "
+                      f"{s['ready_s']:.1f} s (load and warm-up, its compiles included).", ""]
+            continue
         lines += [f"## {part['part']} ({part['task']})", "", f"Command: `{part['command']}`", "",
                   "| configuration | total s | prompt s | denoise s | s/step | decode s | "
                   "MP4 tail s | peak GiB | cold start s | PSNR dB |",
@@ -359,6 +368,10 @@ def goals(parts: list[dict]) -> list[str]:
                if c["name"] == "default"]
     served = [p["served"] for p in parts
               if p.get("served") and p["served"].get("config", "default") == "default"]
+    if served and not fastwan:
+        total = served[-1]["served_s"]
+        lines.append(f"- FastWan 3 steps ≤ 4.0 s: **{total:.2f} s** (served end to end; "
+                     f"{'met' if total <= 4.0 else 'not met'}).")
     if fastwan:
         c = fastwan[-1]
         total = served[-1]["served_s"] if served else c["total_s"]
@@ -368,9 +381,10 @@ def goals(parts: list[dict]) -> list[str]:
                      f"{'met' if total <= 4.0 else 'not met'}). Floor per stage with the "
                      f"defaults: prompt {c['prompt_s']:.2f} s, denoising {c['denoise_s']:.2f} s "
                      f"({c['per_step_s']:.2f} s a step, compiled, VSA 0.8), VAE decode "
-                     f"{c['decode_s']:.2f} s (bf16, streamed), MP4 tail {c['mp4_tail_s']:.2f} s. "
-                     "The VAE decode is the largest stage; compiling the decoder's streamed "
-                     "chunks or a lighter VAE would move it.")
+                     f"{c['decode_s']:.2f} s (bf16, streamed"
+                     f"{', compiled' if c['options'].get('vae_compile') else ''}), MP4 tail "
+                     f"{c['mp4_tail_s']:.2f} s. The VAE decode is the largest stage; a lighter "
+                     "VAE would move it.")
     i2v = [c for p in parts if p["task"] == "i2v" for c in p["configs"]]
     if i2v:
         best = min(i2v, key=lambda c: c["per_step_s"])
@@ -409,7 +423,8 @@ def goals(parts: list[dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", help="folder for the full-size models (built if missing)")
-    parser.add_argument("--part", choices=[*sorted(PARTS), "both"], action="append")
+    parser.add_argument("--part", choices=[*sorted(PARTS), "both", "served"], action="append",
+                        help="served: only the FastWan served path with the preset's defaults")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--render", nargs="+", metavar="JSON", help="print BENCHMARKS.md")
     parser.add_argument("--height", type=int, default=480)
@@ -432,7 +447,7 @@ def main() -> None:
 
     names = args.part or ["fastwan"]
     tasks = ("t2v", "i2v") if "both" in names else tuple(
-        sorted({PARTS[n]["task"] for n in names}, reverse=True))
+        sorted({PARTS[n]["task"] if n in PARTS else "t2v" for n in names}, reverse=True))
     models = ensure_full_models(Path(args.models), tasks=tasks)
     if "both" in names:
         result = {**both_on_one_gpu(models, args), "environment": environment(),
@@ -440,12 +455,24 @@ def main() -> None:
         print(json.dumps(result, default=str), flush=True)
         save(result, args)
         return
+    if "served" in names:
+        # The preset's FastWan with its GPU to itself, as `--preset fastwan --tasks t2v` serves
+        # it; the start to ready includes the warm-up (and the compiles it pays for).
+        options = {**PARTS["fastwan"]["base"], **engine_defaults("t2v")}
+        result = {"part": "served", "task": "t2v", "configs": [],
+                  "served": {**served(str(models["t2v"]), args, options), "config": "default"},
+                  "environment": environment(), "command": "python " + " ".join(sys.argv)}
+        print(json.dumps(result["served"]), flush=True)
+        save(result, args)
+        names = [n for n in names if n != "served"]
     for name in names:
         result = run_part(name, str(models[PARTS[name]["task"]]), args)
         if name == "fastwan":
-            options = result["configs"][-1]["options"]  # the preset's defaults
-            result["served"] = {**served(str(models["t2v"]), args, options),
-                                "config": "default"}
+            # The last configuration: the preset's defaults, with the lever measured on top
+            # of them when one was.
+            last = result["configs"][-1]
+            result["served"] = {**served(str(models["t2v"]), args, last["options"]),
+                                "config": last["name"]}
             print(json.dumps(result["served"]), flush=True)
             save(result, args)
 

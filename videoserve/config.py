@@ -136,11 +136,16 @@ TINY_DEFAULTS = SamplingDefaults(
 # on by default only when faster and their frames stay within PSNR 40 dB of the reference.
 # FastWan: bf16 VAE (decode 3.16 -> 2.43 s, 47 dB), a compiled DiT (0.80 -> 0.54 s a step,
 # 46 dB; compiled by a warm-up at load) and the VAE decoding in channels-last layout (decode
-# 2.69 -> 2.37 s on top of those, 60 dB alone). I2V-14B: the channels-last decode (the same
-# VAE); cuDNN-first attention (37 dB) and a compiled DiT (32 dB) are faster but outside the
-# rule: opt-in (engine options sdpa_priority, compile).
+# 2.69 -> 2.37 s on top of those, 60 dB alone), and a compiled VAE decoder (decode 2.18 ->
+# 1.24 s on top of the rest, 43.9 dB; its compile adds about 70 s a frame size to the warm-up
+# at load and 4 GiB to the peak, so place() leaves it off on a GPU the T2V shares). Compiles
+# are per frame size: the warm-up runs at FastWan's default 448x832 and at Wan's 480x832, so
+# a request at either never pays for one. I2V-14B: the
+# channels-last decode (the same VAE); cuDNN-first attention (37 dB) and a compiled DiT
+# (32 dB) are faster but outside the rule: opt-in (engine options sdpa_priority, compile).
 FASTWAN_SPEED: dict[Task, dict[str, Any]] = {
-    "t2v": {"vae_precision": "bf16", "compile": True, "warmup": True, "vae_channels_last": True},
+    "t2v": {"vae_precision": "bf16", "compile": True, "warmup": True, "vae_channels_last": True,
+            "vae_compile": True, "warmup_sizes": [[480, 832]]},
     "i2v": {"vae_channels_last": True},
 }
 
@@ -186,8 +191,10 @@ def place(specs: dict[Task, ModelSpec], gpu_count: int) -> dict[Task, ModelSpec]
     GPUs (a fraction each, packed so Ray can place them all); on a shared GPU the I2V model
     offloads its text encoder and streams DiT layers so both models fit in 80 GB (measured
     peak 77.7 of 79.6 GiB on an H100 with a T2V and an I2V at once; with the DiT kept on the
-    GPU the T2V ran out of memory, docs/BENCHMARKS.md). A replica that spans GPUs cannot share
-    them: with fewer than R GPUs, sp_size > 1 is refused. CPU-only specs are left as they are.
+    GPU the T2V ran out of memory, docs/BENCHMARKS.md), and no model compiles its VAE decoder
+    (4 GiB more at peak, which that margin lacks, and about 70 s more before /ready). A replica
+    that spans GPUs cannot share them: with fewer than R GPUs, sp_size > 1 is refused.
+    CPU-only specs are left as they are.
     """
     # Tiny random-weight models stay on the CPU under the diffusers engine; everything else that
     # can use a GPU gets one.
@@ -209,6 +216,8 @@ def place(specs: dict[Task, ModelSpec], gpu_count: int) -> dict[Task, ModelSpec]
             options = {**NO_OFFLOAD, **options}
             if share < 1.0 and task == "i2v" and not spec.synthetic:
                 options.update(text_encoder_cpu_offload=True, dit_layerwise_offload=True)
+            if share < 1.0:
+                options.pop("vae_compile", None)
         num_gpus = float(sp_size(spec)) if whole else share
         placed[task] = replace(spec, num_gpus=num_gpus, num_cpus=1.0, engine_options=options)
     return placed

@@ -65,8 +65,10 @@ def test_compiled_decoder_decodes_like_the_eager_one_in_few_graphs():
                               "num_res_blocks": 1})
     vae = wanvae.AutoencoderKLWan(config).eval()
     latents = torch.randn(1, 16, 6, 8, 8)
+    second_size = torch.randn(1, 16, 4, 8, 12)
     other_size = torch.randn(1, 16, 3, 6, 10)
-    eager, eager_other = _stream(vae, latents), _stream(vae, other_size)
+    eager, eager_second, eager_other = (_stream(vae, x) for x in (latents, second_size,
+                                                                  other_size))
 
     assert CompiledDecoder.supports(vae.decoder)
     assert not CompiledDecoder.supports(torch.nn.Identity())
@@ -74,7 +76,9 @@ def test_compiled_decoder_decodes_like_the_eager_one_in_few_graphs():
     counters.clear()
     try:
         # aot_eager traces exactly what inductor would compile, without its code generation.
-        vae.decoder.forward = CompiledDecoder(vae.decoder, backend="aot_eager")
+        # Two frame sizes compiled (the warm-up's two), in more graphs than dynamo's default
+        # recompile limit of 8 would allow for one code object.
+        vae.decoder.forward = CompiledDecoder(vae.decoder, backend="aot_eager", sizes=2)
         assert torch.allclose(_stream(vae, latents), eager, atol=1e-5)
         graphs = counters["stats"]["unique_graphs"]
         # The first, second, third and later latent frames see different caches; nothing
@@ -82,12 +86,37 @@ def test_compiled_decoder_decodes_like_the_eager_one_in_few_graphs():
         assert 1 < graphs <= 4
         assert sum(counters["graph_break"].values()) == 0
         assert torch.allclose(_stream(vae, latents), eager, atol=1e-5)
-        # Another size decodes eagerly: the same frames, no new graph.
+        # The second size compiles its own graphs and decodes the same frames.
+        assert torch.allclose(_stream(vae, second_size), eager_second, atol=1e-5)
+        both = counters["stats"]["unique_graphs"]
+        assert graphs < both <= 2 * graphs
+        assert torch._dynamo.config.recompile_limit >= 2 * CompiledDecoder.GRAPHS_PER_SIZE
+        # A third size decodes eagerly: the same frames, no new graph.
         assert torch.equal(_stream(vae, other_size), eager_other)
-        assert counters["stats"]["unique_graphs"] == graphs
+        assert counters["stats"]["unique_graphs"] == both
     finally:
         torch._dynamo.reset()
     # The module's ContextVars are back in place, with their defaults outside a decode.
     assert all(isinstance(getattr(wanvae, name), contextvars.ContextVar)
                for name in WAN_DECODER_CONTEXT)
     assert wanvae.feat_cache.get() is None
+
+
+def test_warmup_runs_cover_each_size_once_and_refuse_bad_sizes():
+    from PIL import Image
+
+    from videoserve.engines import GenerationParams
+    from videoserve.engines.base import GenerationError
+    from videoserve.engines.fastvideo_engine import warmup_runs
+
+    default = GenerationParams(prompt="warm-up", negative_prompt="", seed=0, height=448,
+                               width=832, num_frames=61, num_inference_steps=2,
+                               guidance_scale=1.0, fps=16,
+                               image=Image.new("RGB", (832, 448)))
+    assert warmup_runs(None, [[480, 832]]) == []  # warm-up off: no size warms up
+    runs = warmup_runs(default, [[480, 832], [448, 832], [480, 832]])
+    assert [(r.height, r.width, r.num_frames) for r in runs] == [(448, 832, 61), (480, 832, 61)]
+    assert runs[1].image.size == (832, 480)  # an I2V warm-up's image fits its size
+    for bad in ([480], [480, 830], ["480", 832], 480):
+        with pytest.raises(GenerationError, match="warmup_sizes"):
+            warmup_runs(default, [bad])

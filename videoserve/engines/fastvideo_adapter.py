@@ -384,22 +384,32 @@ class CompiledDecoder:
     none). After the call the context gets what the eager forward would have left there.
     ``dynamic=False``: exact shapes, never dynamic-shape kernels.
 
-    Only the first frame size it decodes is compiled (the warm-up's, the model's default size,
-    when the engine warms up at load); other sizes run the eager forward, so no request waits
-    for a compile and the graphs stay within the recompile limit. One decode at a time: the
-    module globals are swapped for the whole process.
+    Only the first ``sizes`` frame sizes it decodes are compiled (the warm-up's, when the
+    engine warms up at load: the model's default size and its ``warmup_sizes``); other sizes
+    run the eager forward, so no request waits for a compile. One decode at a time: the module
+    globals are swapped for the whole process.
     """
 
-    def __init__(self, decoder: Any, backend: str = "inductor"):
+    # Graphs one frame size needs (the cache filling up), with room to spare.
+    GRAPHS_PER_SIZE = 6
+
+    def __init__(self, decoder: Any, backend: str = "inductor", sizes: int = 1):
         import sys
 
         import torch
+        import torch._dynamo
 
         self.module = sys.modules[type(decoder).__module__]
         self.context = {name: getattr(self.module, name) for name in WAN_DECODER_CONTEXT}
         self.eager = decoder.forward
         self.compiled = torch.compile(self.eager, backend=backend, dynamic=False)
-        self.size: tuple[int, ...] | None = None
+        self.max_sizes = max(1, int(sizes))
+        self.sizes: set[tuple[int, ...]] = set()
+        # Each size's graphs are recompiles of one code object: past dynamo's limit (8) it
+        # would fall back to eager for good.
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit,
+                                     self.GRAPHS_PER_SIZE * self.max_sizes)
 
     @staticmethod
     def supports(decoder: Any) -> bool:
@@ -414,9 +424,9 @@ class CompiledDecoder:
 
     def __call__(self, x: Any) -> Any:
         size = tuple(x.shape[-2:])
-        if self.size is None:
-            self.size = size
-        if size != self.size:
+        if size not in self.sizes and len(self.sizes) < self.max_sizes:
+            self.sizes.add(size)
+        if size not in self.sizes:
             return self.eager(x)
         for name, var in self.context.items():
             _SLOTS[name].value = var.get()
@@ -434,10 +444,10 @@ class CompiledDecoder:
                 slot.value = None
 
 
-def compile_vae(pipeline: Any) -> None:
-    """torch.compile the Wan VAE's decoder used by the streamed decode (``CompiledDecoder``);
-    the first decode compiles it, so the engine's warm-up at load pays for it. CUDA only;
-    elsewhere ignored."""
+def compile_vae(pipeline: Any, sizes: int = 1) -> None:
+    """torch.compile the Wan VAE's decoder used by the streamed decode (``CompiledDecoder``)
+    for the first ``sizes`` frame sizes it decodes; the engine's warm-up at load decodes them
+    and pays for the compiles. CUDA only; elsewhere ignored."""
     import torch
 
     log = logging.getLogger(__name__)
@@ -452,7 +462,7 @@ def compile_vae(pipeline: Any) -> None:
         if not CompiledDecoder.supports(decoder):
             log.info("vae_compile: %s is not a Wan VAE decoder; ignored", type(decoder).__name__)
         elif not isinstance(decoder.forward, CompiledDecoder):
-            decoder.forward = CompiledDecoder(decoder)
+            decoder.forward = CompiledDecoder(decoder, sizes=sizes)
 
 
 class Instrumented:
@@ -466,7 +476,7 @@ class Instrumented:
 
     def __init__(self, generator: Any, sdpa_priority: list[str] | None = None,
                  cudnn_benchmark: bool = False, vae_channels_last: bool = False,
-                 vae_compile: bool = False):
+                 vae_compile: bool | int = False):
         self.generator = generator
         self.hooks: RunHooks | None = None
         instrument(pipeline_of(generator), lambda: self.hooks)
@@ -474,7 +484,8 @@ class Instrumented:
         if vae_channels_last:
             channels_last_vae(pipeline_of(generator))
         if vae_compile:
-            compile_vae(pipeline_of(generator))
+            # True, or how many frame sizes to compile (the engine passes its warm-up's count).
+            compile_vae(pipeline_of(generator), sizes=int(vae_compile))
 
     def generate(self, hooks: RunHooks, **kwargs: Any) -> dict[str, Any]:
         """One ``generate_video`` call with ``hooks`` attached; StopDenoising when cancelled."""

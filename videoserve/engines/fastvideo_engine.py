@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,25 @@ def check_params(task: str, params: GenerationParams) -> None:
         raise GenerationError("text-to-video takes no image")
 
 
+def warmup_runs(warmup: GenerationParams | None,
+                sizes: list[list[int]] | None) -> list[GenerationParams]:
+    """The warm-up generations at load: ``warmup`` (the model's default size), then one at each
+    further [height, width] of ``sizes`` (same frames and steps)."""
+    if warmup is None:
+        return []
+    runs = [warmup]
+    for size in sizes or []:
+        if (not isinstance(size, list | tuple) or len(size) != 2
+                or not all(isinstance(v, int) and v > 0 and v % 16 == 0 for v in size)):
+            raise GenerationError(f"warmup_sizes: each size is [height, width], multiples of "
+                                  f"16; got {size!r}")
+        height, width = size
+        if all((height, width) != (r.height, r.width) for r in runs):
+            image = None if warmup.image is None else warmup.image.resize((width, height))
+            runs.append(replace(warmup, height=height, width=width, image=image))
+    return runs
+
+
 class FastVideoEngine:
     """Owns the child process that holds the loaded pipeline."""
 
@@ -73,7 +93,11 @@ class FastVideoEngine:
             if dropped:
                 log.info("fastvideo %s on %s: %s apply to CUDA only; ignored", task, device,
                          dropped)
-        self.warmup = warmup if options.pop("warmup", False) else None
+        self.warmups = warmup_runs(warmup if options.pop("warmup", False) else None,
+                                   options.pop("warmup_sizes", None))
+        if options.get("vae_compile") is True:
+            # Compile the decoder for every size the warm-up decodes, and for no other.
+            options["vae_compile"] = max(1, len(self.warmups))
         self.warmup_time: float | None = None
         self.load_breakdown: dict[str, float] = {}
         self.options = self._generator_options(options)
@@ -104,8 +128,10 @@ class FastVideoEngine:
         "flash", "efficient", "math"]: dense attention kernels tried in that order),
         ``cudnn_benchmark`` (autotuned VAE convolutions), ``vae_channels_last`` (the VAE
         decodes in cuDNN's channels-last layout), ``vae_compile`` (torch.compile of the VAE
-        decoder, for the first video size it decodes: use with ``warmup``), ``warmup`` (one
-        short generation at load so no user request pays for first-call costs).
+        decoder, for the frame sizes the warm-up decodes; other sizes decode eagerly),
+        ``warmup`` (one short generation at load so no user request pays for first-call costs:
+        compiles and autotuning are per frame size) and ``warmup_sizes`` (further [height,
+        width] sizes the warm-up also generates at, besides the model's default size).
 
         Several GPUs for one video: ``sp_size`` (sequence parallel over that many GPUs of
         the process's CUDA_VISIBLE_DEVICES; runs fastvideo's own worker processes, one per
@@ -169,11 +195,13 @@ class FastVideoEngine:
         timings["process_start_s"] = round(time.perf_counter() - start - child_load, 2)
         timings["pipeline_setup_s"] = round(
             child_load - timings.get("import_s", 0.0) - modules, 2)
-        if self.warmup is not None:
-            # First calls pay for compilation and kernel autotuning; a user request must not.
+        if self.warmups:
+            # First calls pay for compilation and kernel autotuning (per frame size); a user
+            # request must not.
             warm = time.perf_counter()
-            with self._request(self.warmup) as kwargs:
-                self._send(kwargs, self.warmup, lambda *_: None, lambda: False)
+            for params in self.warmups:
+                with self._request(params) as kwargs:
+                    self._send(kwargs, params, lambda *_: None, lambda: False)
             self.warmup_time = time.perf_counter() - warm
             timings["warmup_s"] = round(self.warmup_time, 2)
         self.load_breakdown = timings
