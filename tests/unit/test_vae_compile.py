@@ -76,9 +76,10 @@ def test_compiled_decoder_decodes_like_the_eager_one_in_few_graphs():
     counters.clear()
     try:
         # aot_eager traces exactly what inductor would compile, without its code generation.
-        # Two frame sizes compiled (the warm-up's two), in more graphs than dynamo's default
-        # recompile limit of 8 would allow for one code object.
-        vae.decoder.forward = CompiledDecoder(vae.decoder, backend="aot_eager", sizes=2)
+        # Two video sizes compiled (8x8 and 8x12 latents: the VAE's 8x), room for their graphs
+        # past dynamo's default recompile limit of 8.
+        vae.decoder.forward = CompiledDecoder(vae.decoder, backend="aot_eager",
+                                              sizes=[(64, 64), (64, 96)])
         assert torch.allclose(_stream(vae, latents), eager, atol=1e-5)
         graphs = counters["stats"]["unique_graphs"]
         # The first, second, third and later latent frames see different caches; nothing
@@ -120,3 +121,23 @@ def test_warmup_runs_cover_each_size_once_and_refuse_bad_sizes():
     for bad in ([480], [480, 830], ["480", 832], 480):
         with pytest.raises(GenerationError, match="warmup_sizes"):
             warmup_runs(default, [bad])
+
+
+def test_the_compiled_sizes_join_the_warm_up(monkeypatch):
+    from videoserve.engines import GenerationParams
+    from videoserve.engines.base import GenerationError
+
+    monkeypatch.setattr(FastVideoEngine, "_start_child", lambda self: None)
+    default = GenerationParams(prompt="warm-up", negative_prompt="", seed=0, height=448,
+                               width=832, num_frames=61, num_inference_steps=2,
+                               guidance_scale=1.0, fps=16)
+    engine = FastVideoEngine("m", "t2v", "cuda", {"warmup": True, "vae_compile": [[480, 832]]},
+                             warmup=default)
+    assert [(r.height, r.width) for r in engine.warmups] == [(448, 832), (480, 832)]
+    assert engine.options["runtime"]["vae_compile"] == [(480, 832)]
+    # true: every size the warm-up decodes.
+    engine = FastVideoEngine("m", "t2v", "cuda", {"warmup": True, "vae_compile": True,
+                                                  "warmup_sizes": [[480, 832]]}, warmup=default)
+    assert engine.options["runtime"]["vae_compile"] == [[448, 832], [480, 832]]
+    with pytest.raises(GenerationError, match="vae_compile"):
+        FastVideoEngine("m", "t2v", "cuda", {"vae_compile": "480x832"})

@@ -380,20 +380,26 @@ class CompiledDecoder:
     the recompile limit. So for the length of a compiled call those module globals point at
     ``_Slot``s holding the same values: the whole decoder is one graph, with no graph breaks,
     compiled anew only while the cache fills (the first latent frames find it empty, then
-    partly filled, then a compiled graph's own outputs: three or four graphs in all, then
-    none). After the call the context gets what the eager forward would have left there.
-    ``dynamic=False``: exact shapes, never dynamic-shape kernels.
+    partly filled, then a compiled graph's own outputs: three graphs for a frame size on a
+    CPU; more on a GPU, see ``GRAPHS_PER_SIZE``), then none. After the call the context gets
+    what the eager forward would have left there. ``dynamic=False``: exact shapes, never
+    dynamic-shape kernels.
 
-    Only the first ``sizes`` frame sizes it decodes are compiled (the warm-up's, when the
-    engine warms up at load: the model's default size and its ``warmup_sizes``); other sizes
-    run the eager forward, so no request waits for a compile. One decode at a time: the module
-    globals are swapped for the whole process.
+    Compiled per video size: ``sizes``, [height, width] pairs (None: the first size it
+    decodes). Other sizes run the eager forward, so a request at one waits for no compile; the
+    engine's warm-up at load decodes each compiled size once and pays for its compile (about
+    70 s a size for FastWan's VAE on an H100). One decode at a time: the module globals are
+    swapped for the whole process.
     """
 
-    # Graphs one frame size needs (the cache filling up), with room to spare.
-    GRAPHS_PER_SIZE = 6
+    # Graphs one size may need. Traced on a CPU the decoder is one graph per cache state
+    # (three). On a CUDA GPU fastvideo 0.2.0's decoder was seen to break into per-block graphs
+    # too: one code object (WanUpBlock.forward) then compiles for every block and cache state,
+    # and past dynamo's limit it would run eagerly for good.
+    GRAPHS_PER_SIZE = 16
 
-    def __init__(self, decoder: Any, backend: str = "inductor", sizes: int = 1):
+    def __init__(self, decoder: Any, backend: str = "inductor",
+                 sizes: list[tuple[int, int]] | None = None):
         import sys
 
         import torch
@@ -403,13 +409,12 @@ class CompiledDecoder:
         self.context = {name: getattr(self.module, name) for name in WAN_DECODER_CONTEXT}
         self.eager = decoder.forward
         self.compiled = torch.compile(self.eager, backend=backend, dynamic=False)
-        self.max_sizes = max(1, int(sizes))
-        self.sizes: set[tuple[int, ...]] = set()
-        # Each size's graphs are recompiles of one code object: past dynamo's limit (8) it
-        # would fall back to eager for good.
+        # Video pixels per latent pixel: each up block but the last doubles height and width.
+        self.scale = 2 ** (len(decoder.up_blocks) - 1)
+        self.sizes = {tuple(size) for size in sizes} if sizes else None
         config = torch._dynamo.config
         config.recompile_limit = max(config.recompile_limit,
-                                     self.GRAPHS_PER_SIZE * self.max_sizes)
+                                     self.GRAPHS_PER_SIZE * len(self.sizes or [None]))
 
     @staticmethod
     def supports(decoder: Any) -> bool:
@@ -423,9 +428,9 @@ class CompiledDecoder:
             for name in WAN_DECODER_CONTEXT)
 
     def __call__(self, x: Any) -> Any:
-        size = tuple(x.shape[-2:])
-        if size not in self.sizes and len(self.sizes) < self.max_sizes:
-            self.sizes.add(size)
+        size = (x.shape[-2] * self.scale, x.shape[-1] * self.scale)
+        if self.sizes is None:
+            self.sizes = {size}
         if size not in self.sizes:
             return self.eager(x)
         for name, var in self.context.items():
@@ -444,10 +449,10 @@ class CompiledDecoder:
                 slot.value = None
 
 
-def compile_vae(pipeline: Any, sizes: int = 1) -> None:
+def compile_vae(pipeline: Any, sizes: list[tuple[int, int]] | None = None) -> None:
     """torch.compile the Wan VAE's decoder used by the streamed decode (``CompiledDecoder``)
-    for the first ``sizes`` frame sizes it decodes; the engine's warm-up at load decodes them
-    and pays for the compiles. CUDA only; elsewhere ignored."""
+    for these video sizes; the engine's warm-up at load decodes them and pays for the
+    compiles. CUDA only; elsewhere ignored."""
     import torch
 
     log = logging.getLogger(__name__)
@@ -476,7 +481,7 @@ class Instrumented:
 
     def __init__(self, generator: Any, sdpa_priority: list[str] | None = None,
                  cudnn_benchmark: bool = False, vae_channels_last: bool = False,
-                 vae_compile: bool | int = False):
+                 vae_compile: bool | list[list[int]] = False):
         self.generator = generator
         self.hooks: RunHooks | None = None
         instrument(pipeline_of(generator), lambda: self.hooks)
@@ -484,8 +489,10 @@ class Instrumented:
         if vae_channels_last:
             channels_last_vae(pipeline_of(generator))
         if vae_compile:
-            # True, or how many frame sizes to compile (the engine passes its warm-up's count).
-            compile_vae(pipeline_of(generator), sizes=int(vae_compile))
+            # The [height, width] sizes to compile (the engine passes a list; True: the first
+            # size decoded).
+            sizes = None if vae_compile is True else [tuple(size) for size in vae_compile]
+            compile_vae(pipeline_of(generator), sizes=sizes)
 
     def generate(self, hooks: RunHooks, **kwargs: Any) -> dict[str, Any]:
         """One ``generate_video`` call with ``hooks`` attached; StopDenoising when cancelled."""

@@ -59,6 +59,18 @@ def check_params(task: str, params: GenerationParams) -> None:
         raise GenerationError("text-to-video takes no image")
 
 
+def check_sizes(option: str, sizes: Any) -> list[tuple[int, int]]:
+    """An option's list of [height, width] video sizes, each a multiple of 16."""
+    if not isinstance(sizes, list | tuple):
+        raise GenerationError(f"{option}: a list of [height, width] sizes; got {sizes!r}")
+    for size in sizes:
+        if (not isinstance(size, list | tuple) or len(size) != 2
+                or not all(isinstance(v, int) and v > 0 and v % 16 == 0 for v in size)):
+            raise GenerationError(f"{option}: each size is [height, width], multiples of 16; "
+                                  f"got {size!r}")
+    return [(int(h), int(w)) for h, w in sizes]
+
+
 def warmup_runs(warmup: GenerationParams | None,
                 sizes: list[list[int]] | None) -> list[GenerationParams]:
     """The warm-up generations at load: ``warmup`` (the model's default size), then one at each
@@ -66,12 +78,7 @@ def warmup_runs(warmup: GenerationParams | None,
     if warmup is None:
         return []
     runs = [warmup]
-    for size in sizes or []:
-        if (not isinstance(size, list | tuple) or len(size) != 2
-                or not all(isinstance(v, int) and v > 0 and v % 16 == 0 for v in size)):
-            raise GenerationError(f"warmup_sizes: each size is [height, width], multiples of "
-                                  f"16; got {size!r}")
-        height, width = size
+    for height, width in check_sizes("warmup_sizes", sizes):
         if all((height, width) != (r.height, r.width) for r in runs):
             image = None if warmup.image is None else warmup.image.resize((width, height))
             runs.append(replace(warmup, height=height, width=width, image=image))
@@ -93,11 +100,16 @@ class FastVideoEngine:
             if dropped:
                 log.info("fastvideo %s on %s: %s apply to CUDA only; ignored", task, device,
                          dropped)
-        self.warmups = warmup_runs(warmup if options.pop("warmup", False) else None,
-                                   options.pop("warmup_sizes", None))
-        if options.get("vae_compile") is True:
+        compiled = options.get("vae_compile")
+        if compiled not in (None, True, False):
+            compiled = options["vae_compile"] = check_sizes("vae_compile", compiled)
+        self.warmups = warmup_runs(
+            warmup if options.pop("warmup", False) else None,
+            [*check_sizes("warmup_sizes", options.pop("warmup_sizes", None) or []),
+             *(compiled if isinstance(compiled, list) else [])])
+        if compiled is True and self.warmups:
             # Compile the decoder for every size the warm-up decodes, and for no other.
-            options["vae_compile"] = max(1, len(self.warmups))
+            options["vae_compile"] = [[r.height, r.width] for r in self.warmups]
         self.warmup_time: float | None = None
         self.load_breakdown: dict[str, float] = {}
         self.options = self._generator_options(options)
@@ -128,7 +140,8 @@ class FastVideoEngine:
         "flash", "efficient", "math"]: dense attention kernels tried in that order),
         ``cudnn_benchmark`` (autotuned VAE convolutions), ``vae_channels_last`` (the VAE
         decodes in cuDNN's channels-last layout), ``vae_compile`` (torch.compile of the VAE
-        decoder, for the frame sizes the warm-up decodes; other sizes decode eagerly),
+        decoder: true for every size the warm-up decodes, or a list of [height, width] sizes,
+        which the warm-up then decodes too; other sizes decode eagerly),
         ``warmup`` (one short generation at load so no user request pays for first-call costs:
         compiles and autotuning are per frame size) and ``warmup_sizes`` (further [height,
         width] sizes the warm-up also generates at, besides the model's default size).
