@@ -67,8 +67,9 @@ def test_compiled_decoder_decodes_like_the_eager_one_in_few_graphs():
     latents = torch.randn(1, 16, 6, 8, 8)
     second_size = torch.randn(1, 16, 4, 8, 12)
     other_size = torch.randn(1, 16, 3, 6, 10)
-    eager, eager_second, eager_other = (_stream(vae, x) for x in (latents, second_size,
-                                                                  other_size))
+    batch_of_two = torch.randn(2, 16, 3, 8, 8)  # a compiled size in a shape never compiled
+    eager, eager_second, eager_other, eager_two = (
+        _stream(vae, x) for x in (latents, second_size, other_size, batch_of_two))
 
     assert CompiledDecoder.supports(vae.decoder)
     assert not CompiledDecoder.supports(torch.nn.Identity())
@@ -87,6 +88,11 @@ def test_compiled_decoder_decodes_like_the_eager_one_in_few_graphs():
         assert 1 < graphs <= 4
         assert sum(counters["graph_break"].values()) == 0
         assert torch.allclose(_stream(vae, latents), eager, atol=1e-5)
+        assert counters["stats"]["unique_graphs"] == graphs
+        # After that size's first video, what would need a new graph runs eagerly: no request
+        # compiles.
+        assert torch.equal(_stream(vae, batch_of_two), eager_two)
+        assert counters["stats"]["unique_graphs"] == graphs
         # The second size compiles its own graphs and decodes the same frames.
         assert torch.allclose(_stream(vae, second_size), eager_second, atol=1e-5)
         both = counters["stats"]["unique_graphs"]
@@ -131,9 +137,12 @@ def test_the_compiled_sizes_join_the_warm_up(monkeypatch):
     default = GenerationParams(prompt="warm-up", negative_prompt="", seed=0, height=448,
                                width=832, num_frames=61, num_inference_steps=2,
                                guidance_scale=1.0, fps=16)
-    engine = FastVideoEngine("m", "t2v", "cuda", {"warmup": True, "vae_compile": [[480, 832]]},
+    engine = FastVideoEngine("m", "t2v", "cuda", {"warmup": True, "vae_compile": [[480, 832]],
+                                                  "warmup_sizes": [[480, 832]]},
                              warmup=default)
-    assert [(r.height, r.width) for r in engine.warmups] == [(448, 832), (480, 832)]
+    # One warm-up a size; at a compiled size with the frames of Wan's usual length.
+    assert [(r.height, r.width, r.num_frames) for r in engine.warmups] == [
+        (448, 832, 61), (480, 832, 81)]
     assert engine.options["runtime"]["vae_compile"] == [(480, 832)]
     # true: every size the warm-up decodes.
     engine = FastVideoEngine("m", "t2v", "cuda", {"warmup": True, "vae_compile": True,

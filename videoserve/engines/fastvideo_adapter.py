@@ -388,8 +388,10 @@ class CompiledDecoder:
     Compiled per video size: ``sizes``, [height, width] pairs (None: the first size it
     decodes). Other sizes run the eager forward, so a request at one waits for no compile; the
     engine's warm-up at load decodes each compiled size once and pays for its compile (about
-    70 s a size for FastWan's VAE on an H100). One decode at a time: the module globals are
-    swapped for the whole process.
+    70 s a size for FastWan's VAE on an H100). After a size's first video, a call that would
+    need a new graph (a state that video did not meet) runs eagerly instead
+    (``eager_on_recompile``): no request compiles. One decode at a time: the module globals
+    are swapped for the whole process.
     """
 
     # Graphs one size may need. Traced on a CPU the decoder is one graph per cache state
@@ -409,9 +411,12 @@ class CompiledDecoder:
         self.context = {name: getattr(self.module, name) for name in WAN_DECODER_CONTEXT}
         self.eager = decoder.forward
         self.compiled = torch.compile(self.eager, backend=backend, dynamic=False)
+        self.torch = torch
         # Video pixels per latent pixel: each up block but the last doubles height and width.
         self.scale = 2 ** (len(decoder.up_blocks) - 1)
         self.sizes = {tuple(size) for size in sizes} if sizes else None
+        self.decoded: set[tuple[int, int]] = set()  # sizes with a video decoded
+        self.frozen: set[tuple[int, int]] = set()  # sizes that compile no more
         config = torch._dynamo.config
         config.recompile_limit = max(config.recompile_limit,
                                      self.GRAPHS_PER_SIZE * len(self.sizes or [None]))
@@ -433,11 +438,19 @@ class CompiledDecoder:
             self.sizes = {size}
         if size not in self.sizes:
             return self.eager(x)
+        if self.context["first_chunk"].get():  # a video's first latent frame
+            if size in self.decoded:
+                # Its first video (the warm-up's) compiled what it met; from the next one on,
+                # whatever it did not meet runs eagerly rather than make a request compile.
+                self.frozen.add(size)
+            self.decoded.add(size)
+        stance = "eager_on_recompile" if size in self.frozen else "default"
         for name, var in self.context.items():
             _SLOTS[name].value = var.get()
             setattr(self.module, name, _SLOTS[name])
         try:
-            return self.compiled(x)
+            with self.torch.compiler.set_stance(stance):
+                return self.compiled(x)
         finally:
             for name, var in self.context.items():
                 setattr(self.module, name, var)

@@ -71,18 +71,29 @@ def check_sizes(option: str, sizes: Any) -> list[tuple[int, int]]:
     return [(int(h), int(w)) for h, w in sizes]
 
 
-def warmup_runs(warmup: GenerationParams | None,
-                sizes: list[list[int]] | None) -> list[GenerationParams]:
-    """The warm-up generations at load: ``warmup`` (the model's default size), then one at each
-    further [height, width] of ``sizes`` (same frames and steps)."""
+# Frames of a warm-up at a size whose VAE decoder is compiled: on a GPU the decoder's graphs
+# were seen to differ with the video's length (a 61-frame warm-up left an 81-frame request to
+# compile for 40 s), so it warms up at Wan's usual 81 (the I2V's default, the benchmarks').
+COMPILE_WARMUP_FRAMES = 81
+
+
+def warmup_runs(warmup: GenerationParams | None, sizes: list[list[int]] | None,
+                compiled: list[tuple[int, int]] | None = None) -> list[GenerationParams]:
+    """The warm-up generations at load, one per video size: ``warmup`` (the model's default
+    size), then each further [height, width] of ``sizes`` and of ``compiled`` (same steps; at
+    a ``compiled`` size at least ``COMPILE_WARMUP_FRAMES`` frames)."""
     if warmup is None:
         return []
-    runs = [warmup]
-    for height, width in check_sizes("warmup_sizes", sizes):
-        if all((height, width) != (r.height, r.width) for r in runs):
-            image = None if warmup.image is None else warmup.image.resize((width, height))
-            runs.append(replace(warmup, height=height, width=width, image=image))
-    return runs
+    runs: dict[tuple[int, int], GenerationParams] = {(warmup.height, warmup.width): warmup}
+    for height, width in check_sizes("warmup_sizes", sizes or []):
+        image = None if warmup.image is None else warmup.image.resize((width, height))
+        runs.setdefault((height, width), replace(warmup, height=height, width=width,
+                                                 image=image))
+    for size in compiled or []:
+        run = runs.get(size) or replace(warmup, height=size[0], width=size[1], image=None if (
+            warmup.image is None) else warmup.image.resize((size[1], size[0])))
+        runs[size] = replace(run, num_frames=max(run.num_frames, COMPILE_WARMUP_FRAMES))
+    return list(runs.values())
 
 
 class FastVideoEngine:
@@ -103,10 +114,9 @@ class FastVideoEngine:
         compiled = options.get("vae_compile")
         if compiled not in (None, True, False):
             compiled = options["vae_compile"] = check_sizes("vae_compile", compiled)
-        self.warmups = warmup_runs(
-            warmup if options.pop("warmup", False) else None,
-            [*check_sizes("warmup_sizes", options.pop("warmup_sizes", None) or []),
-             *(compiled if isinstance(compiled, list) else [])])
+        self.warmups = warmup_runs(warmup if options.pop("warmup", False) else None,
+                                   options.pop("warmup_sizes", None),
+                                   compiled if isinstance(compiled, list) else None)
         if compiled is True and self.warmups:
             # Compile the decoder for every size the warm-up decodes, and for no other.
             options["vae_compile"] = [[r.height, r.width] for r in self.warmups]
