@@ -141,9 +141,9 @@ TINY_DEFAULTS = SamplingDefaults(
 # at load and 4 GiB to the peak, so place() leaves it off on a GPU the T2V shares). Compiles
 # are per size: the decoder compiles for Wan's 480x832 (the benchmarks' size) only, FastWan's
 # own default 448x832 decodes eagerly; the warm-up runs at both (the compiled DiT is per size
-# too), so no request pays for a compile. I2V-14B: the
-# channels-last decode (the same VAE); cuDNN-first attention (37 dB) and a compiled DiT
-# (32 dB) are faster but outside the rule: opt-in (engine options sdpa_priority, compile).
+# too), so no request pays for a compile. I2V-14B: the channels-last decode (the same VAE);
+# cuDNN-first attention (37 dB) and a compiled DiT (32 dB) are faster but outside the rule:
+# opt-in (engine options sdpa_priority, compile).
 FASTWAN_SPEED: dict[Task, dict[str, Any]] = {
     "t2v": {"vae_precision": "bf16", "compile": True, "warmup": True, "vae_channels_last": True,
             "vae_compile": [[480, 832]], "warmup_sizes": [[480, 832]]},

@@ -371,7 +371,7 @@ _SLOTS = {name: _Slot() for name in WAN_DECODER_CONTEXT}
 
 
 class CompiledDecoder:
-    """A Wan VAE decoder's ``forward``, torch.compile'd for one frame size; installed as the
+    """A Wan VAE decoder's ``forward``, torch.compile'd for given video sizes; installed as the
     decoder's ``forward``, so the VAE's own decode loops call it unchanged.
 
     The decoder runs once per latent frame and passes its causal cache between layers through
