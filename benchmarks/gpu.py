@@ -317,12 +317,16 @@ def render(paths: list[str]) -> str:
             continue
         if part["part"] == "served":
             s = part["served"]
+            detail = dict(s["detail"])
+            first = detail.pop("first_request_s", None)
             lines += ["## FastWan served (the fastwan preset, its GPU to itself)", "",
                       f"Command: `{part['command']}`", "",
                       f"`POST /generate_video`, 480×832×81, 3 steps: median "
                       f"{s['served_s']:.2f} s (runs {[round(t, 2) for t in s['runs']]}; "
-                      f"inside the replica: {s['detail']}); start to ready "
-                      f"{s['ready_s']:.1f} s (load and warm-up, its compiles included).", ""]
+                      f"inside the replica: {detail}"
+                      + (f"; the first request after /ready: {first:.2f} s" if first else "")
+                      + f"); start to ready {s['ready_s']:.1f} s (load and warm-up, its "
+                      "compiles included).", ""]
             continue
         lines += [f"## {part['part']} ({part['task']})", "", f"Command: `{part['command']}`", "",
                   "| configuration | total s | prompt s | denoise s | s/step | decode s | "
