@@ -49,7 +49,7 @@ def _stream(vae, latents):
     return torch.cat(chunks, dim=2)
 
 
-def test_compiled_decoder_decodes_like_the_eager_one_in_few_graphs():
+def test_compiled_decoder_decodes_like_the_eager_one_in_few_graphs(monkeypatch):
     pytest.importorskip("fastvideo")
     import torch
     import torch._dynamo
@@ -59,6 +59,9 @@ def test_compiled_decoder_decodes_like_the_eager_one_in_few_graphs():
 
     from videoserve.engines.fastvideo_adapter import WAN_DECODER_CONTEXT, CompiledDecoder
 
+    # CompiledDecoder raises the process's recompile limit; the other tests get it back.
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit",
+                        torch._dynamo.config.recompile_limit)
     torch.manual_seed(0)
     config = WanVAEConfig(load_encoder=False)
     config.update_model_arch({"base_dim": 8, "z_dim": 16, "dim_mult": (1, 2, 4, 4),
@@ -150,3 +153,29 @@ def test_the_compiled_sizes_join_the_warm_up(monkeypatch):
     assert engine.options["runtime"]["vae_compile"] == [[448, 832], [480, 832]]
     with pytest.raises(GenerationError, match="vae_compile"):
         FastVideoEngine("m", "t2v", "cuda", {"vae_compile": "480x832"})
+
+
+def test_the_engine_s_sizes_reach_the_decoder(monkeypatch):
+    pytest.importorskip("fastvideo")
+    import torch
+    from fastvideo.configs.models.vaes import WanVAEConfig
+    from fastvideo.models.vaes import wanvae
+
+    from videoserve.engines import fastvideo_adapter as adapter
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # compile_vae's CUDA check
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit",
+                        torch._dynamo.config.recompile_limit)
+    config = WanVAEConfig(load_encoder=False)
+    config.update_model_arch({"base_dim": 8, "z_dim": 16, "dim_mult": (1, 2, 4, 4),
+                              "num_res_blocks": 1})
+    vae = wanvae.AutoencoderKLWan(config).eval()
+    stage = SimpleNamespace(forward=lambda batch, args: batch, streaming_decode=None, vae=vae)
+    pipeline = SimpleNamespace(stages=[stage], post_init=lambda: None)
+    generator = SimpleNamespace(executor=SimpleNamespace(worker=SimpleNamespace(
+        pipeline=pipeline)))
+    # As the engine passes them: [height, width] lists, from the preset or the warm-up.
+    adapter.Instrumented(generator, vae_compile=[[480, 832], [448, 832]])
+    compiled = vars(vae.decoder)["forward"]
+    assert isinstance(compiled, adapter.CompiledDecoder)
+    assert compiled.sizes == {(480, 832), (448, 832)} and compiled.scale == 8
