@@ -18,6 +18,24 @@ def test_vae_compile_is_a_runtime_option_not_a_fastvideo_one():
     assert "vae_compile" not in opts
 
 
+def _tiny_vae():
+    """A real fastvideo Wan VAE (decoder only), small enough to compile on a CPU."""
+    from fastvideo.configs.models.vaes import WanVAEConfig
+    from fastvideo.models.vaes import wanvae
+
+    config = WanVAEConfig(load_encoder=False)
+    config.update_model_arch({"base_dim": 8, "z_dim": 16, "dim_mult": (1, 2, 4, 4),
+                              "num_res_blocks": 1})
+    return wanvae.AutoencoderKLWan(config).eval()
+
+
+def _generator(vae):
+    """A loaded generator as the adapter sees it: one stage that decodes with ``vae``."""
+    stage = SimpleNamespace(forward=lambda batch, args: batch, streaming_decode=None, vae=vae)
+    pipeline = SimpleNamespace(stages=[stage], post_init=lambda: None)
+    return SimpleNamespace(executor=SimpleNamespace(worker=SimpleNamespace(pipeline=pipeline)))
+
+
 def test_vae_compile_without_cuda_is_logged_and_ignored(monkeypatch, caplog):
     import torch
 
@@ -25,13 +43,8 @@ def test_vae_compile_without_cuda_is_logged_and_ignored(monkeypatch, caplog):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     decoder = torch.nn.Identity()
-    stage = SimpleNamespace(forward=lambda batch, args: batch, streaming_decode=None,
-                            vae=SimpleNamespace(decoder=decoder))
-    pipeline = SimpleNamespace(stages=[stage], post_init=lambda: None)
-    generator = SimpleNamespace(executor=SimpleNamespace(worker=SimpleNamespace(
-        pipeline=pipeline)))
     with caplog.at_level(logging.INFO, logger=adapter.__name__):
-        adapter.Instrumented(generator, vae_compile=True)
+        adapter.Instrumented(_generator(SimpleNamespace(decoder=decoder)), vae_compile=True)
     assert "vae_compile applies to CUDA only; ignored here" in caplog.messages
     assert "forward" not in vars(decoder)  # still the class's own forward
 
@@ -53,7 +66,6 @@ def test_compiled_decoder_decodes_like_the_eager_one_in_few_graphs(monkeypatch):
     pytest.importorskip("fastvideo")
     import torch
     import torch._dynamo
-    from fastvideo.configs.models.vaes import WanVAEConfig
     from fastvideo.models.vaes import wanvae
     from torch._dynamo.utils import counters
 
@@ -63,10 +75,7 @@ def test_compiled_decoder_decodes_like_the_eager_one_in_few_graphs(monkeypatch):
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit",
                         torch._dynamo.config.recompile_limit)
     torch.manual_seed(0)
-    config = WanVAEConfig(load_encoder=False)
-    config.update_model_arch({"base_dim": 8, "z_dim": 16, "dim_mult": (1, 2, 4, 4),
-                              "num_res_blocks": 1})
-    vae = wanvae.AutoencoderKLWan(config).eval()
+    vae = _tiny_vae()
     latents = torch.randn(1, 16, 6, 8, 8)
     second_size = torch.randn(1, 16, 4, 8, 12)
     other_size = torch.randn(1, 16, 3, 6, 10)
@@ -158,24 +167,15 @@ def test_the_compiled_sizes_join_the_warm_up(monkeypatch):
 def test_the_engine_s_sizes_reach_the_decoder(monkeypatch):
     pytest.importorskip("fastvideo")
     import torch
-    from fastvideo.configs.models.vaes import WanVAEConfig
-    from fastvideo.models.vaes import wanvae
 
     from videoserve.engines import fastvideo_adapter as adapter
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # compile_vae's CUDA check
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit",
                         torch._dynamo.config.recompile_limit)
-    config = WanVAEConfig(load_encoder=False)
-    config.update_model_arch({"base_dim": 8, "z_dim": 16, "dim_mult": (1, 2, 4, 4),
-                              "num_res_blocks": 1})
-    vae = wanvae.AutoencoderKLWan(config).eval()
-    stage = SimpleNamespace(forward=lambda batch, args: batch, streaming_decode=None, vae=vae)
-    pipeline = SimpleNamespace(stages=[stage], post_init=lambda: None)
-    generator = SimpleNamespace(executor=SimpleNamespace(worker=SimpleNamespace(
-        pipeline=pipeline)))
+    vae = _tiny_vae()
     # As the engine passes them: [height, width] lists, from the preset or the warm-up.
-    adapter.Instrumented(generator, vae_compile=[[480, 832], [448, 832]])
+    adapter.Instrumented(_generator(vae), vae_compile=[[480, 832], [448, 832]])
     compiled = vars(vae.decoder)["forward"]
     assert isinstance(compiled, adapter.CompiledDecoder)
     assert compiled.sizes == {(480, 832), (448, 832)} and compiled.scale == 8

@@ -322,6 +322,14 @@ def attention_priority(sdpa_priority: list[str] | None, cudnn_benchmark: bool) -
     return [getattr(SDPBackend, SDPA_BACKENDS[name]) for name in sdpa_priority]
 
 
+def streamed_vaes(pipeline: Any) -> Iterator[tuple[Any, Any]]:
+    """(stage, VAE) for each stage that decodes with a streamed VAE (``_stream_decode``)."""
+    for stage in pipeline.stages:
+        vae = getattr(stage, "vae", None)
+        if vae is not None and hasattr(stage, "streaming_decode"):
+            yield stage, vae
+
+
 def channels_last_vae(pipeline: Any) -> None:
     """Decode in cuDNN's channels-last 3-D layout, which can feed the tensor cores more fully
     than the default one: the VAE's 3-D convolution weights are converted once, each latent
@@ -331,10 +339,7 @@ def channels_last_vae(pipeline: Any) -> None:
     if not torch.cuda.is_available():
         logging.getLogger(__name__).info("vae_channels_last applies to CUDA only; ignored here")
         return
-    for stage in pipeline.stages:
-        vae = getattr(stage, "vae", None)
-        if vae is None or not hasattr(stage, "streaming_decode"):
-            continue
+    for stage, vae in streamed_vaes(pipeline):
         # Only the decoding half: an I2V's image encoding must stay as it is (its layout would
         # change the conditioning's rounding, which the DiT's steps then amplify).
         parts = [getattr(vae, name, None) for name in ("post_quant_conv", "decoder")]
@@ -472,10 +477,7 @@ def compile_vae(pipeline: Any, sizes: list[tuple[int, int]] | None = None) -> No
     if not torch.cuda.is_available():
         log.info("vae_compile applies to CUDA only; ignored here")
         return
-    for stage in pipeline.stages:
-        vae = getattr(stage, "vae", None)
-        if vae is None or not hasattr(stage, "streaming_decode"):
-            continue
+    for _, vae in streamed_vaes(pipeline):
         decoder = getattr(vae, "decoder", None)
         if not CompiledDecoder.supports(decoder):
             log.info("vae_compile: %s is not a Wan VAE decoder; ignored", type(decoder).__name__)
@@ -668,7 +670,7 @@ class Distributed:
     @classmethod
     def load(cls, model_path: str, options: dict[str, Any], sdpa_priority: list[str] | None = None,
              cudnn_benchmark: bool = False, vae_channels_last: bool = False,
-             vae_compile: bool = False) -> Distributed:
+             vae_compile: bool | list[list[int]] = False) -> Distributed:
         check_version()
         for name, on in (("vae_channels_last", vae_channels_last), ("vae_compile", vae_compile)):
             if on:

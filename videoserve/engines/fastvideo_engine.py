@@ -84,14 +84,16 @@ def warmup_runs(warmup: GenerationParams | None, sizes: list[list[int]] | None,
     a ``compiled`` size at least ``COMPILE_WARMUP_FRAMES`` frames)."""
     if warmup is None:
         return []
-    runs: dict[tuple[int, int], GenerationParams] = {(warmup.height, warmup.width): warmup}
-    for height, width in check_sizes("warmup_sizes", sizes or []):
+
+    def at(height: int, width: int) -> GenerationParams:
         image = None if warmup.image is None else warmup.image.resize((width, height))
-        runs.setdefault((height, width), replace(warmup, height=height, width=width,
-                                                 image=image))
+        return replace(warmup, height=height, width=width, image=image)
+
+    runs: dict[tuple[int, int], GenerationParams] = {(warmup.height, warmup.width): warmup}
+    for size in check_sizes("warmup_sizes", sizes or []):
+        runs.setdefault(size, at(*size))
     for size in compiled or []:
-        run = runs.get(size) or replace(warmup, height=size[0], width=size[1], image=None if (
-            warmup.image is None) else warmup.image.resize((size[1], size[0])))
+        run = runs.get(size) or at(*size)
         runs[size] = replace(run, num_frames=max(run.num_frames, COMPILE_WARMUP_FRAMES))
     return list(runs.values())
 
