@@ -137,8 +137,8 @@ TINY_DEFAULTS = SamplingDefaults(
 # FastWan: bf16 VAE (decode 3.16 -> 2.43 s, 47 dB), a compiled DiT (0.80 -> 0.54 s a step,
 # 46 dB; compiled by a warm-up at load) and the VAE decoding in channels-last layout (decode
 # 2.69 -> 2.37 s on top of those, 60 dB alone), and a compiled VAE decoder (decode 2.18 ->
-# 1.24 s on top of the rest, 43.9 dB; its compile adds about 70 s a video size to the warm-up
-# at load and 4 GiB to the peak, so place() leaves it off on a GPU the T2V shares). Compiles
+# 1.18 s on top of the rest, 44.0 dB; its compile adds about 70 s a video size to the warm-up
+# at load and up to 8 GiB to the peak, so place() leaves it off on a GPU the T2V shares). Compiles
 # are per size: the decoder compiles for Wan's 480x832 (the benchmarks' size) only, FastWan's
 # own default 448x832 decodes eagerly; the warm-up runs at both (the compiled DiT is per size
 # too), so no request pays for a compile. I2V-14B: the channels-last decode (the same VAE);
@@ -193,8 +193,8 @@ def place(specs: dict[Task, ModelSpec], gpu_count: int) -> dict[Task, ModelSpec]
     offloads its text encoder and streams DiT layers so both models fit in 80 GB (measured
     peak 77.7 of 79.6 GiB on an H100 with a T2V and an I2V at once; with the DiT kept on the
     GPU the T2V ran out of memory, docs/BENCHMARKS.md), and no model compiles its VAE decoder
-    (4 GiB more at peak, which that margin lacks, and about 70 s more before /ready). A replica
-    that spans GPUs cannot share them: with fewer than R GPUs, sp_size > 1 is refused.
+    (about 8 GiB more at peak, which that margin lacks, and about 70 s more before /ready). A
+    replica that spans GPUs cannot share them: with fewer than R GPUs, sp_size > 1 is refused.
     CPU-only specs are left as they are.
     """
     # Tiny random-weight models stay on the CPU under the diffusers engine; everything else that

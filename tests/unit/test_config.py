@@ -86,7 +86,7 @@ def test_replicas_spread_over_the_gpus(gpus, tasks, replicas, expected):
     shared = any(0 < s.num_gpus < 1 for s in specs.values())
     if "i2v" in specs:
         assert specs["i2v"].engine_options["text_encoder_cpu_offload"] is shared
-    # The compiled VAE decoder (4 GiB more at peak) only where the T2V has a GPU to itself.
+    # The compiled VAE decoder (about 8 GiB more at peak) only where the T2V has a GPU to itself.
     assert ("vae_compile" in specs["t2v"].engine_options) is (not shared)
 
 

@@ -121,6 +121,47 @@ def test_compiled_decoder_decodes_like_the_eager_one_in_few_graphs(monkeypatch):
     assert wanvae.feat_cache.get() is None
 
 
+def test_the_compiled_decoder_s_upsamplers_compare_no_tensor_with_a_string(monkeypatch):
+    """fastvideo's temporal upsampler compares cache tensors with the string "Rep"; torch
+    2.11's dynamo cannot trace ``Tensor.__ne__(str)`` and splits the decoder into per-block
+    graphs. Under CompiledDecoder the upsamplers test the entry's type instead, with the same
+    frames."""
+    pytest.importorskip("fastvideo")
+    import torch
+
+    from videoserve.engines.fastvideo_adapter import CompiledDecoder
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit",
+                        torch._dynamo.config.recompile_limit)
+    torch.manual_seed(0)
+    vae = _tiny_vae()
+    latents = torch.randn(1, 16, 4, 8, 8)
+    compared: list[str] = []
+
+    def recording(original):
+        def method(self, other):
+            if isinstance(other, str):
+                compared.append(other)
+            return original(self, other)
+        return method
+
+    def decode_recording_string_comparisons():
+        with monkeypatch.context() as patch:
+            for name in ("__eq__", "__ne__"):
+                patch.setattr(torch.Tensor, name, recording(getattr(torch.Tensor, name)))
+            return _stream(vae, latents)
+
+    expected = decode_recording_string_comparisons()
+    assert "Rep" in compared  # fastvideo's own upsampler does compare
+    compared.clear()
+    # Compiled for another size, so this decode runs the same modules eagerly.
+    vae.decoder.forward = CompiledDecoder(vae.decoder, backend="aot_eager", sizes=[(96, 96)])
+    upsamplers = [m for m in vae.decoder.modules() if getattr(m, "mode", "") == "upsample3d"]
+    assert upsamplers and all("forward" in vars(m) for m in upsamplers)
+    assert torch.equal(decode_recording_string_comparisons(), expected)
+    assert compared == []
+
+
 def test_warmup_runs_cover_each_size_once_and_refuse_bad_sizes():
     from PIL import Image
 

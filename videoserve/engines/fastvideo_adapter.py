@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -375,6 +376,39 @@ class _Slot:
 _SLOTS = {name: _Slot() for name in WAN_DECODER_CONTEXT}
 
 
+# The temporal upsampler (``Resample``, mode ``upsample3d``) keeps the string "Rep" in the
+# causal cache as a placeholder and compares each entry with it (``entry != "Rep"``). For a
+# tensor entry that is ``Tensor.__ne__(str)``, which returns NotImplemented; torch 2.11's
+# dynamo cannot trace that, and the graph break inside the decoder's loop over its up blocks
+# sends the whole decoder back to per-block graphs (seen on an H100: decode 1.58 s instead of
+# 1.18 s). An entry is None, "Rep" or a tensor, so a type test says the same thing.
+_REP_TESTS = (('_feat_cache[idx] != "Rep"', 'not isinstance(_feat_cache[idx], str)'),
+              ('_feat_cache[idx] == "Rep"', 'isinstance(_feat_cache[idx], str)'))
+
+
+def traceable_upsampler_forward(module: Any) -> Callable[..., Any] | None:
+    """``Resample.forward`` of fastvideo's Wan VAE with its "Rep" comparisons written as type
+    tests, compiled in the wanvae module's namespace (so it reads the same globals, swapped
+    ones too); None if the source does not have them (another fastvideo version)."""
+    import inspect
+    import textwrap
+
+    function = type(module).forward
+    try:
+        source = textwrap.dedent(inspect.getsource(function))
+    except (OSError, TypeError):
+        return None
+    if not all(old in source for old, _ in _REP_TESTS):
+        return None
+    for old, new in _REP_TESTS:
+        source = source.replace(old, new)
+    namespace: dict[str, Any] = {}
+    globals_ = sys.modules[function.__module__].__dict__
+    exec(compile(source, inspect.getsourcefile(function) or "<wanvae>", "exec"),  # noqa: S102
+         globals_, namespace)
+    return namespace[function.__name__]
+
+
 class CompiledDecoder:
     """A Wan VAE decoder's ``forward``, torch.compile'd for given video sizes; installed as the
     decoder's ``forward``, so the VAE's own decode loops call it unchanged.
@@ -385,8 +419,9 @@ class CompiledDecoder:
     the recompile limit. So for the length of a compiled call those module globals point at
     ``_Slot``s holding the same values: the whole decoder is one graph, with no graph breaks,
     compiled anew only while the cache fills (the first latent frames find it empty, then
-    partly filled, then a compiled graph's own outputs: three graphs for a frame size on a
-    CPU; more on a GPU, see ``GRAPHS_PER_SIZE``), then none. After the call the context gets
+    partly filled, then a compiled graph's own outputs: three graphs for a frame size, on a
+    CPU and on an H100), then none. The temporal upsamplers run a traceable copy of their
+    forward (``traceable_upsampler_forward``). After the call the context gets
     what the eager forward would have left there. ``dynamic=False``: exact shapes, never
     dynamic-shape kernels.
 
@@ -399,20 +434,27 @@ class CompiledDecoder:
     are swapped for the whole process.
     """
 
-    # Graphs one size may need. Traced on a CPU the decoder is one graph per cache state
-    # (three). On a CUDA GPU fastvideo 0.2.0's decoder was seen to break into per-block graphs
-    # too: one code object (WanUpBlock.forward) then compiles for every block and cache state,
-    # and past dynamo's limit it would run eagerly for good.
-    GRAPHS_PER_SIZE = 16
+    # Graphs one size may need: three were seen (one per cache state), the rest is room.
+    # Dynamo's recompile limit counts the graphs of one code object (the decoder's forward, for
+    # all sizes); past it the decoder would run eagerly for good.
+    GRAPHS_PER_SIZE = 8
 
     def __init__(self, decoder: Any, backend: str = "inductor",
                  sizes: list[tuple[int, int]] | None = None):
-        import sys
+        import types
 
         import torch
         import torch._dynamo
 
         self.module = sys.modules[type(decoder).__module__]
+        upsamplers = [m for m in decoder.modules() if getattr(m, "mode", None) == "upsample3d"]
+        forward = traceable_upsampler_forward(upsamplers[0]) if upsamplers else None
+        if upsamplers and forward is None:
+            logging.getLogger(__name__).info(
+                "vae_compile: this fastvideo's Wan upsampler has no \"Rep\" comparisons to "
+                "rewrite; it is compiled as it is (it may split the decoder's graph)")
+        for module in upsamplers if forward else ():
+            module.forward = types.MethodType(forward, module)
         self.context = {name: getattr(self.module, name) for name in WAN_DECODER_CONTEXT}
         self.eager = decoder.forward
         self.compiled = torch.compile(self.eager, backend=backend, dynamic=False)
@@ -430,7 +472,6 @@ class CompiledDecoder:
     def supports(decoder: Any) -> bool:
         """True for a decoder of fastvideo's Wan VAE (the ContextVars this class replaces)."""
         import contextvars
-        import sys
 
         module = sys.modules.get(type(decoder).__module__)
         return decoder is not None and all(
