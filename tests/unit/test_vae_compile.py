@@ -29,6 +29,20 @@ def _tiny_vae():
     return wanvae.AutoencoderKLWan(config).eval()
 
 
+@pytest.fixture
+def tiny_vae(monkeypatch):
+    """``_tiny_vae()`` with seeded weights. CompiledDecoder raises the process's recompile
+    limit; the fixture gives the old one back after the test."""
+    pytest.importorskip("fastvideo")
+    import torch
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit",
+                        torch._dynamo.config.recompile_limit)
+    torch.manual_seed(0)
+    return _tiny_vae()
+
+
 def _generator(vae):
     """A loaded generator as the adapter sees it: one stage that decodes with ``vae``."""
     stage = SimpleNamespace(forward=lambda batch, args: batch, streaming_decode=None, vae=vae)
@@ -62,8 +76,7 @@ def _stream(vae, latents):
     return torch.cat(chunks, dim=2)
 
 
-def test_compiled_decoder_decodes_like_the_eager_one_in_few_graphs(monkeypatch):
-    pytest.importorskip("fastvideo")
+def test_compiled_decoder_decodes_like_the_eager_one_in_few_graphs(tiny_vae):
     import torch
     import torch._dynamo
     from fastvideo.models.vaes import wanvae
@@ -71,11 +84,7 @@ def test_compiled_decoder_decodes_like_the_eager_one_in_few_graphs(monkeypatch):
 
     from videoserve.engines.fastvideo_adapter import WAN_DECODER_CONTEXT, CompiledDecoder
 
-    # CompiledDecoder raises the process's recompile limit; the other tests get it back.
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit",
-                        torch._dynamo.config.recompile_limit)
-    torch.manual_seed(0)
-    vae = _tiny_vae()
+    vae = tiny_vae
     latents = torch.randn(1, 16, 6, 8, 8)
     second_size = torch.randn(1, 16, 4, 8, 12)
     other_size = torch.randn(1, 16, 3, 6, 10)
@@ -121,20 +130,17 @@ def test_compiled_decoder_decodes_like_the_eager_one_in_few_graphs(monkeypatch):
     assert wanvae.feat_cache.get() is None
 
 
-def test_the_compiled_decoder_s_upsamplers_compare_no_tensor_with_a_string(monkeypatch):
+def test_the_compiled_decoder_s_upsamplers_compare_no_tensor_with_a_string(monkeypatch,
+                                                                            tiny_vae):
     """fastvideo's temporal upsampler compares cache tensors with the string "Rep"; torch
     2.11's dynamo cannot trace ``Tensor.__ne__(str)`` and splits the decoder into per-block
     graphs. Under CompiledDecoder the upsamplers test the entry's type instead, with the same
     frames."""
-    pytest.importorskip("fastvideo")
     import torch
 
     from videoserve.engines.fastvideo_adapter import CompiledDecoder
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit",
-                        torch._dynamo.config.recompile_limit)
-    torch.manual_seed(0)
-    vae = _tiny_vae()
+    vae = tiny_vae
     latents = torch.randn(1, 16, 4, 8, 8)
     compared: list[str] = []
 
@@ -205,16 +211,13 @@ def test_the_compiled_sizes_join_the_warm_up(monkeypatch):
         FastVideoEngine("m", "t2v", "cuda", {"vae_compile": "480x832"})
 
 
-def test_the_engine_s_sizes_reach_the_decoder(monkeypatch):
-    pytest.importorskip("fastvideo")
+def test_the_engine_s_sizes_reach_the_decoder(monkeypatch, tiny_vae):
     import torch
 
     from videoserve.engines import fastvideo_adapter as adapter
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # compile_vae's CUDA check
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit",
-                        torch._dynamo.config.recompile_limit)
-    vae = _tiny_vae()
+    vae = tiny_vae
     # As the engine passes them: [height, width] lists, from the preset or the warm-up.
     adapter.Instrumented(_generator(vae), vae_compile=[[480, 832], [448, 832]])
     compiled = vars(vae.decoder)["forward"]
