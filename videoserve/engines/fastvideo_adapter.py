@@ -440,7 +440,7 @@ class CompiledDecoder:
     GRAPHS_PER_SIZE = 8
 
     def __init__(self, decoder: Any, backend: str = "inductor",
-                 sizes: list[tuple[int, int]] | None = None):
+                 sizes: list[Any] | None = None):
         import types
 
         import torch
@@ -508,7 +508,7 @@ class CompiledDecoder:
                 slot.value = None
 
 
-def compile_vae(pipeline: Any, sizes: list[tuple[int, int]] | None = None) -> None:
+def compile_vae(pipeline: Any, sizes: list[Any] | None = None) -> None:
     """torch.compile the Wan VAE's decoder used by the streamed decode (``CompiledDecoder``)
     for these video sizes; the engine's warm-up at load decodes them and pays for the
     compiles. CUDA only; elsewhere ignored."""
@@ -547,8 +547,7 @@ class Instrumented:
         if vae_compile:
             # The [height, width] sizes to compile (the engine passes a list; True: the first
             # size decoded).
-            sizes = None if vae_compile is True else [tuple(size) for size in vae_compile]
-            compile_vae(pipeline_of(generator), sizes=sizes)
+            compile_vae(pipeline_of(generator), sizes=None if vae_compile is True else vae_compile)
 
     def generate(self, hooks: RunHooks, **kwargs: Any) -> dict[str, Any]:
         """One ``generate_video`` call with ``hooks`` attached; StopDenoising when cancelled."""
