@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +14,40 @@ REPO = Path(__file__).resolve().parents[1]
 SHIM_DIR = REPO / "tests" / "fastvideo_cpu_shim"
 
 
+# Ports handed out this session: each test server gets one of its own.
+_HANDED_OUT: set[int] = set()
+# Ray's worker processes listen on 10002-19999 (its default range).
+_ABOVE_RAY_WORKERS = 20000
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A free port that no other process is handed while the test starts its server.
+
+    A port from bind(("", 0)) is free only until it is let go: a Ray started afterwards asks
+    the kernel for ports the same way (its metrics exporter, its agents) and may be given the
+    same one, and the backend's HTTP proxy then cannot listen there. Ports below the kernel's
+    ephemeral range and above Ray's worker ports are never handed out by either.
+    """
+    low = _ephemeral_low()
+    candidates = [p for p in range(_ABOVE_RAY_WORKERS, low) if p not in _HANDED_OUT]
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    with socket.socket() as sock:  # an unusual ephemeral range: the kernel's choice
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 

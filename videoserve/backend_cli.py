@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -123,6 +125,66 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     api_keys=api_keys(args), cors_origins=origins)
 
 
+def connect_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to ``host`` (URL form)."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def check_port_free(host: str, port: int) -> None:
+    """ConfigError unless a server could listen on host:port now. Bound the way Serve's proxy
+    (uvicorn) binds, with SO_REUSEADDR, so a closed connection's TIME_WAIT is no false alarm."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} on {host} is already in use: stop what holds "
+                                  "it or choose another port") from exc
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+
+
+def confirm_serving(host: str, port: int, timeout_s: float = 30.0) -> None:
+    """ConfigError unless this backend's own /health answers at host:port.
+
+    The port was free before Ray started, but Ray then picks random free ports for its own
+    processes, and its metrics exporter answers every path with 200 and Prometheus text. If
+    one of them took --port, Serve's proxy could not listen there and a client would talk to
+    that process instead: say so and stop rather than serve nothing.
+    """
+    import requests
+
+    url = f"http://{connect_host(host)}:{port}/health"
+    deadline = time.monotonic() + timeout_s
+    seen = "nothing answered"
+    while True:
+        try:
+            response = requests.get(url, timeout=5)
+            if response.status_code == 200 and _json_or_none(response) == {"status": "ok"}:
+                return
+            # Serve's proxy may answer 404/503 for a moment while it learns the routes.
+            seen = (f"HTTP {response.status_code} "
+                    f"({response.headers.get('content-type', 'no content type')})")
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"the backend is deployed but {url} does not answer as this backend "
+                f"({seen} for {timeout_s:.0f}s): another process, possibly one Ray started, "
+                "holds the port. Start again, or choose another port")
+        time.sleep(0.5)
+
+
+def _json_or_none(response: Any) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
 def warn_if_open(host: str, settings: Settings) -> None:
     if settings.api_keys:
         log.info("API keys required (%d configured)", len(settings.api_keys))
@@ -186,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
+        if args.metrics_export_port is not None and args.metrics_export_port == args.port:
+            raise ConfigError("--metrics_export_port must differ from --port")
+        if not args.ray_address:  # a cluster's Serve may already listen there, for others
+            check_port_free(args.host, args.port)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -198,6 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     running = start(settings, args.host, args.port, args.ray_address, args.num_cpus,
                     args.metrics_export_port)
+    if not args.ray_address:
+        try:
+            confirm_serving(args.host, args.port)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            _shutdown(running)
+            return 2
     app = running.app
     # Again after Ray started: ray.init installs its own SIGTERM handler, which would end the
     # process without draining.

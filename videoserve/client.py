@@ -94,8 +94,17 @@ class VideoClient:
             raise BackendError(0, f"the backend at {self.base_url} is unreachable") from exc
         if response.status_code not in (200, 503):
             raise self._error(response)
-        body = response.json()
-        return bool(body.get("ready")), body.get("models", {})
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or "ready" not in body:
+            # e.g. a metrics exporter, which answers every path with 200 and plain text
+            raise BackendError(response.status_code,
+                               f"{self.base_url}/ready answered HTTP {response.status_code} "
+                               "but not as a videoserve backend: is another program on "
+                               "this port?")
+        return bool(body["ready"]), body.get("models", {})
 
     def wait_ready(self, timeout: float = 1800.0, poll_s: float = 1.0,
                    on_wait: Callable[[str], None] | None = None) -> dict[str, Any]:

@@ -18,7 +18,13 @@ from pathlib import Path
 
 import requests
 
-from videoserve.backend_cli import API_KEYS_ENV, add_access_flags, add_model_flags, api_keys
+from videoserve.backend_cli import (
+    API_KEYS_ENV,
+    add_access_flags,
+    add_model_flags,
+    api_keys,
+    connect_host,
+)
 from videoserve.client import API_KEY_ENV, BackendError, VideoClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     backend = Managed("backend", backend_command(args), backend_env)
     children = [backend]
     try:
-        backend_url = f"http://{_connect_host(args.backend_host)}:{args.backend_port}"
+        backend_url = f"http://{connect_host(args.backend_host)}:{args.backend_port}"
         if not wait_for_backend(backend, backend_url, args.ready_timeout, stop):
             return 0 if stop.is_set() else 1
         ui_command = [sys.executable, str(ROOT / "gradio_frontend.py"), "--backend_url",
@@ -129,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.frontend_port} can generate (and see this key's videos)", flush=True)
         frontend = Managed("frontend", ui_command, ui_env)
         children.append(frontend)
-        frontend_url = f"http://{_connect_host(args.frontend_host)}:{args.frontend_port}"
+        frontend_url = f"http://{connect_host(args.frontend_host)}:{args.frontend_port}"
         if not wait_for_frontend(frontend, frontend_url, stop):
             return 0 if stop.is_set() else 1
         print(f"Backend:  {backend_url}  (API docs: {backend_url}/docs)")
@@ -146,10 +152,6 @@ def main(argv: list[str] | None = None) -> int:
         print("Stopping…", flush=True)
         for child in reversed(children):
             child.stop()
-
-
-def _connect_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
 def wait_for_frontend(frontend: Managed, url: str, stop: threading.Event,
