@@ -39,8 +39,7 @@ def free_port() -> int:
     candidates = [p for p in range(_ABOVE_RAY_WORKERS, low) if p not in _HANDED_OUT]
     random.shuffle(candidates)
     for port in candidates[:200]:
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with socket.socket() as sock:  # no SO_REUSEADDR: a port in TIME_WAIT is passed over
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
