@@ -157,13 +157,15 @@ def confirm_serving(host: str, port: int, timeout_s: float = 30.0) -> None:
     """
     import requests
 
+    from videoserve.client import json_or_none
+
     url = f"http://{connect_host(host)}:{port}/health"
     deadline = time.monotonic() + timeout_s
     seen = "nothing answered"
     while True:
         try:
             response = requests.get(url, timeout=5)
-            if response.status_code == 200 and _json_or_none(response) == {"status": "ok"}:
+            if response.status_code == 200 and json_or_none(response) == {"status": "ok"}:
                 return
             # Serve's proxy may answer 404/503 for a moment while it learns the routes.
             seen = (f"HTTP {response.status_code} "
@@ -176,13 +178,6 @@ def confirm_serving(host: str, port: int, timeout_s: float = 30.0) -> None:
                 f"({seen} for {timeout_s:.0f}s): another process, possibly one Ray started, "
                 "holds the port. Start again, or choose another port")
         time.sleep(0.5)
-
-
-def _json_or_none(response: Any) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
 
 
 def warn_if_open(host: str, settings: Settings) -> None:

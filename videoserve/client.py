@@ -39,6 +39,14 @@ class BackendError(Exception):
         return self.message
 
 
+def json_or_none(response: requests.Response) -> Any:
+    """The response's JSON body, or None if it has none (another program's answer)."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
 def encode_image(image: bytes | str | Path) -> str:
     """A data URL for image bytes or an image file (a data URL is passed on as it is)."""
     if isinstance(image, str) and image.startswith("data:"):
@@ -94,10 +102,7 @@ class VideoClient:
             raise BackendError(0, f"the backend at {self.base_url} is unreachable") from exc
         if response.status_code not in (200, 503):
             raise self._error(response)
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
+        body = json_or_none(response)
         if not isinstance(body, dict) or "ready" not in body:
             # e.g. a metrics exporter, which answers every path with 200 and plain text
             raise BackendError(response.status_code,
