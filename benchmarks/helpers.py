@@ -134,3 +134,19 @@ def _wait_ready(proc: subprocess.Popen, url: str, timeout: float) -> None:
             pass
         time.sleep(1)
     raise TimeoutError(f"the backend was not ready within {timeout:.0f} s")
+
+
+def follow_job(url: str, job: dict) -> tuple[dict, float | None]:
+    """Poll a ``/v1/videos`` job to its end; also the median seconds between the steps its
+    progress showed (None with fewer than two steps seen)."""
+    import statistics
+
+    seen: dict[int, float] = {}
+    while job.get("status") in ("queued", "in_progress"):
+        step = (job.get("progress_detail") or {}).get("step", 0)
+        seen.setdefault(step, time.perf_counter())
+        time.sleep(0.1)
+        job = requests.get(f"{url}/v1/videos/{job['id']}", timeout=60).json()
+    marks = [seen[k] for k in sorted(seen) if k >= 1]
+    steps = [b - a for a, b in zip(marks, marks[1:], strict=False)]
+    return job, statistics.median(steps) if steps else None

@@ -526,6 +526,32 @@ def compile_vae(pipeline: Any, sizes: list[Any] | None = None) -> None:
             decoder.forward = CompiledDecoder(decoder, sizes=sizes)
 
 
+def dit_levers(pipeline: Any, fp8: bool, step_cache: float, compile_precise: bool) -> Any:
+    """Apply the DiT speed levers of ``fastvideo_dit`` to the pipeline's transformer (CUDA
+    only; elsewhere logged and ignored); returns the step cache, if one was installed."""
+    import torch
+
+    log = logging.getLogger(__name__)
+    if not (fp8 or step_cache or compile_precise):
+        return None
+    if not torch.cuda.is_available():
+        log.info("dit_fp8 / step_cache / compile_precise apply to CUDA only; ignored here")
+        return None
+    from videoserve.engines import fastvideo_dit
+
+    if compile_precise:
+        fastvideo_dit.precise_compile()
+    transformer = pipeline.get_module("transformer")
+    if fp8:
+        count = fastvideo_dit.fp8_linears(transformer)
+        log.info("dit_fp8: %d linear layers of the DiT in FP8 (per-row scales)", count)
+    if not step_cache:
+        return None
+    log.info("step_cache: threshold %s", step_cache)
+    return fastvideo_dit.StepCache(transformer.blocks, float(step_cache),
+                                   fastvideo_dit.forward_context)
+
+
 class Instrumented:
     """A loaded generator with hooks on its pipeline stages; ``hooks`` is set per job.
 
@@ -537,11 +563,14 @@ class Instrumented:
 
     def __init__(self, generator: Any, sdpa_priority: list[str] | None = None,
                  cudnn_benchmark: bool = False, vae_channels_last: bool = False,
-                 vae_compile: bool | list[list[int]] = False):
+                 vae_compile: bool | list[list[int]] = False, dit_fp8: bool = False,
+                 step_cache: float = 0.0, compile_precise: bool = False):
         self.generator = generator
         self.hooks: RunHooks | None = None
         instrument(pipeline_of(generator), lambda: self.hooks)
         self.sdpa_priority = attention_priority(sdpa_priority, cudnn_benchmark)
+        self.step_cache = dit_levers(pipeline_of(generator), dit_fp8, step_cache,
+                                     compile_precise)
         if vae_channels_last:
             channels_last_vae(pipeline_of(generator))
         if vae_compile:
@@ -552,9 +581,16 @@ class Instrumented:
     def generate(self, hooks: RunHooks, **kwargs: Any) -> dict[str, Any]:
         """One ``generate_video`` call with ``hooks`` attached; StopDenoising when cancelled."""
         self.hooks = hooks
+        if self.step_cache is not None:
+            self.step_cache.start(int(kwargs.get("num_inference_steps") or 0) or None)
         try:
             with self._attention():
-                return self.generator.generate_video(**kwargs)
+                result = self.generator.generate_video(**kwargs)
+            if self.step_cache is not None:
+                logging.getLogger(__name__).info(
+                    "step cache: %d of %d steps skipped the DiT's blocks",
+                    self.step_cache.skipped, self.step_cache.skipped + self.step_cache.computed)
+            return result
         except RuntimeError as exc:
             # VideoGenerator runs the pipeline in a thread and re-raises its error wrapped.
             if isinstance(exc.__cause__, StopDenoising):
@@ -577,6 +613,10 @@ class Instrumented:
     def usable(self) -> bool:
         """After a failed job: can the next job use this pipeline?"""
         return pipeline_usable()
+
+    def steps_skipped(self) -> int | None:
+        """Denoising steps of the last generation the step cache skipped (None: no cache)."""
+        return None if self.step_cache is None else self.step_cache.skipped
 
     def peak_gib(self, result: dict[str, Any]) -> float | None:
         return peak_memory_gib(reset=True)
@@ -710,11 +750,16 @@ class Distributed:
     @classmethod
     def load(cls, model_path: str, options: dict[str, Any], sdpa_priority: list[str] | None = None,
              cudnn_benchmark: bool = False, vae_channels_last: bool = False,
-             vae_compile: bool | list[list[int]] = False) -> Distributed:
+             vae_compile: bool | list[list[int]] = False, dit_fp8: bool = False,
+             step_cache: float = 0.0, compile_precise: bool = False) -> Distributed:
         check_version()
-        for name, on in (("vae_channels_last", vae_channels_last), ("vae_compile", vae_compile)):
+        # The workers decode with fastvideo's own one-shot decode, not the streamed one; the
+        # DiT levers are applied in this process's pipeline only (a step cache would need the
+        # ranks to agree on each skip).
+        for name, on in (("vae_channels_last", vae_channels_last), ("vae_compile", vae_compile),
+                         ("dit_fp8", dit_fp8), ("step_cache", step_cache),
+                         ("compile_precise", compile_precise)):
             if on:
-                # The workers decode with fastvideo's own one-shot decode, not the streamed one.
                 logging.getLogger(__name__).info("%s is not used with sp_size > 1", name)
         from fastvideo import VideoGenerator
 
@@ -797,6 +842,9 @@ class Distributed:
 
     def worker_pids(self) -> list[int]:
         return [worker.proc.pid for worker in self.workers]
+
+    def steps_skipped(self) -> int | None:
+        return None  # no step cache with sp_size > 1
 
     def shutdown(self) -> None:
         try:

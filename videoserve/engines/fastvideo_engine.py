@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 POLL_S = 0.01
 # Options applied inside the child around generations rather than passed to fastvideo.
 RUNTIME_OPTIONS = ("sdpa_priority", "cudnn_benchmark", "vae_channels_last", "vae_compile",
-                   "keep_frames")
+                   "dit_fp8", "step_cache", "compile_precise", "keep_frames")
 
 
 def check_params(task: str, params: GenerationParams) -> None:
@@ -108,8 +108,8 @@ class FastVideoEngine:
         self.model_path, self.task, self.device = model_path, task, device
         options = dict(options)
         if device != "cuda":
-            dropped = [k for k in ("compile", "sdpa_priority", "cudnn_benchmark")
-                       if options.pop(k, None)]
+            dropped = [k for k in ("compile", "sdpa_priority", "cudnn_benchmark", "dit_fp8",
+                                   "step_cache", "compile_precise") if options.pop(k, None)]
             if dropped:
                 log.info("fastvideo %s on %s: %s apply to CUDA only; ignored", task, device,
                          dropped)
@@ -130,6 +130,7 @@ class FastVideoEngine:
         self.loads = 0
         self.videos = 0
         self.last_peak_gib: float | None = None
+        self.last_steps_skipped: int | None = None  # by the step cache, if one is on
         self.last_frames: Any = None  # with the keep_frames option (benchmarks)
         self.version = ""
         self.worker_pids: list[int] = []  # fastvideo's worker processes (multiproc executor)
@@ -265,7 +266,8 @@ class FastVideoEngine:
                 "engine_loads": self.loads, "videos_encoded": self.videos,
                 "fastvideo_version": self.version, "engine_load_s": round(self.load_time, 2),
                 "engine_load_breakdown": self.load_breakdown,  # with the warm-up's time
-                "last_peak_gib": self.last_peak_gib}
+                "last_peak_gib": self.last_peak_gib,
+                "last_steps_skipped": self.last_steps_skipped}
 
     def _request_kwargs(self, params: GenerationParams, image_path: str | None) -> dict[str, Any]:
         # An empty negative prompt stays a string: fastvideo's CFG pass encodes it (None crashes).
@@ -334,6 +336,7 @@ class FastVideoEngine:
                 mp4 = self._conn.recv_bytes()
                 self.videos += 1
                 self.last_peak_gib = message.get("peak_gib")
+                self.last_steps_skipped = message.get("steps_skipped")
                 if self.options["runtime"].get("keep_frames"):
                     shape = self._conn.recv()["shape"]
                     self.last_frames = np.frombuffer(self._conn.recv_bytes(),

@@ -144,7 +144,8 @@ def _generate(conn: Connection, runner: Any, request: dict[str, Any], cancel: An
     height, width = encoder.size
     conn.send({"type": "video", "num_frames": encoder.frames, "height": height, "width": width,
                "inference_time": inference_time, "encoding_time": encoding_time,
-               "stages": hooks.stages_seen, "peak_gib": runner.peak_gib(result)})
+               "stages": hooks.stages_seen, "peak_gib": runner.peak_gib(result),
+               "steps_skipped": runner.steps_skipped()})
     conn.send_bytes(mp4)
     if keep_frames:
         frames = np.concatenate([chunk() for chunk in chunks]) if chunks else _frames_array(
