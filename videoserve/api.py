@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
 
+from anyio import AsyncFile, wrap_file
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.datastructures import Headers
@@ -13,9 +16,9 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from videoserve import __version__
-from videoserve.errors import ApiError, BodySizeLimit, error_body, install_error_handlers
+from videoserve.errors import ApiError, error_body, install_error_handlers
 from videoserve.jobs import Job, is_job_id
-from videoserve.limits import Budget
+from videoserve.limits import BodyBudget, BodyRules, BodySizeLimit
 from videoserve.metrics import CONTENT_TYPE, ServiceMetrics
 from videoserve.models import is_ready
 from videoserve.schemas import (
@@ -47,18 +50,21 @@ MAX_IDEMPOTENCY_KEY = 255
 
 
 def add_middlewares(app: FastAPI, settings: Any) -> None:
-    """Outermost first: the Origin and body-type guard, CORS for the allowed origins only, the
-    API key check, then the body limits (so an unauthenticated body takes no budget)."""
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes,
-                       budget=Budget(settings.max_inflight_body_bytes),
-                       idle_timeout_s=settings.body_idle_timeout_s)
-    app.add_middleware(ApiKeyAuth, keys=settings.api_keys)
+    """Outermost first: the Host, Origin and body-type guard, CORS for the allowed origins only,
+    the API key check, then the body limits (so an unauthenticated body takes no budget)."""
+    rules = BodyRules(settings.max_body_bytes, settings.body_idle_timeout_s,
+                      settings.body_timeout_s, settings.body_min_timeout_s)
+    app.add_middleware(BodySizeLimit, rules=rules, budget=BodyBudget(
+        settings.max_inflight_body_bytes, settings.max_client_body_bytes))
+    app.add_middleware(ApiKeyAuth, keys=settings.api_keys, admin_keys=settings.admin_api_keys,
+                       allow_model_management=settings.allow_model_management)
     app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                        allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE"],
                        allow_headers=["Authorization", "Content-Type", "Idempotency-Key",
                                       "Range"],
                        expose_headers=["Retry-After", "Content-Range", "Accept-Ranges"])
-    app.add_middleware(RequestGuard, allowed_origins=settings.cors_origins)
+    app.add_middleware(RequestGuard, allowed_origins=settings.cors_origins,
+                       allowed_hosts=settings.allowed_hosts)
 
 
 def create_app(service: VideoService, readiness: ReadinessFn,
@@ -137,7 +143,9 @@ def create_app(service: VideoService, readiness: ReadinessFn,
     if placement is not None:
         @app.get("/v1/placement")
         async def get_placement() -> dict[str, Any]:
-            """The Ray node of the ingress and of each model's replicas (with their state)."""
+            """The Ray node of the ingress and of each model's replicas (with their state), and
+            each model's GPU share, speed mode and what it offloads and why (its measured memory
+            need against the GPUs' free memory read at start)."""
             return await placement()
 
     return app
@@ -151,12 +159,48 @@ def _job(service: VideoService, job_id: str, owner: str | None) -> Job:
     return job
 
 
+def check_idempotency_key(key: str | None) -> None:
+    if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
+        raise ApiError(422, f"Idempotency-Key: at most {MAX_IDEMPOTENCY_KEY} characters",
+                       param="Idempotency-Key")
+
+
 class VideoFile(FileResponse):
-    """An MP4 file with Range support whose Range errors use the one error shape."""
+    """An MP4 file with Range support whose Range errors use the one error shape.
+
+    Served from a file opened before the answer starts: a concurrent delete removes the name,
+    not the open file, so a download either finds no file (404) or completes."""
+
+    # FastAPI reads the default status_code off the signature for the OpenAPI document.
+    def __init__(self, file: BinaryIO, media_type: str, filename: str, status_code: int = 200):
+        self.file = file
+        super().__init__(file.name, status_code, media_type=media_type, filename=filename,
+                         stat_result=os.fstat(file.fileno()))
+
+    @classmethod
+    def open(cls, path: Path, media_type: str, filename: str) -> VideoFile:
+        file = open(path, "rb")  # closed once the answer is sent
+        try:
+            return cls(file, media_type, filename)
+        except BaseException:
+            file.close()
+            raise
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        error = self._range_error(Headers(scope=scope), scope["method"].upper())
-        await (error or super().__call__)(scope, receive, send)
+        # A server that sends files by path itself would open the name again.
+        extensions = {k: v for k, v in scope.get("extensions", {}).items()
+                      if k != "http.response.pathsend"}
+        scope = {**scope, "extensions": extensions}
+        try:
+            error = self._range_error(Headers(scope=scope), scope["method"].upper())
+            await (error or super().__call__)(scope, receive, send)
+        finally:
+            self.file.close()
+
+    @asynccontextmanager
+    async def _open_file(self) -> AsyncIterator[AsyncFile[bytes]]:
+        # Where FileResponse opens its path: the file opened before answering, instead.
+        yield wrap_file(self.file)
 
     def _range_error(self, headers: Headers, method: str) -> JSONResponse | None:
         http_range, if_range = headers.get("range"), headers.get("if-range")
@@ -182,13 +226,11 @@ def _content(service: VideoService, job_id: str, owner: str | None) -> VideoFile
     job = _job(service, job_id, owner)
     if job.status != "completed":
         raise ApiError(409, f"video {job_id} is {job.status}, not completed", code=job.status)
-    path = service.video_file(job_id)
     try:
-        info = os.stat(path)
+        return VideoFile.open(service.video_file(job_id), "video/mp4", f"{job_id}.mp4")
     except OSError:
         raise ApiError(404, f"the file of video {job_id} is gone", type="not_found",
                        code="not_found") from None
-    return VideoFile(path, media_type="video/mp4", filename=f"{job_id}.mp4", stat_result=info)
 
 
 CREATE_BODY = {"requestBody": {"content": {
@@ -209,24 +251,26 @@ def add_video_routes(app: FastAPI, service: VideoService) -> None:
     async def create_video(request: Request, idempotency_key: str | None = Header(None)
                            ) -> dict[str, Any]:
         """Queue a video (JSON, or multipart/form-data with an input_reference image)."""
-        if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
-            raise ApiError(422, f"Idempotency-Key: at most {MAX_IDEMPOTENCY_KEY} characters",
-                           param="Idempotency-Key")
+        check_idempotency_key(idempotency_key)
         create = parse_create(await read_create_body(request))
         job, cached = await service.submit(to_generate_request(create, service.current_specs()),
                                            idempotency_key, request_owner(request))
         return view(job, cached)
 
     @app.post("/v1/videos/batch", responses=ERRORS)
-    async def create_batch(batch: BatchRequest, request: Request) -> dict[str, Any]:
-        """Queue several videos; all are validated before any is queued. Ids come in order."""
+    async def create_batch(batch: BatchRequest, request: Request,
+                           idempotency_key: str | None = Header(None)) -> dict[str, Any]:
+        """Queue several videos; all are validated before any is queued. Ids come in order;
+        a retry with the same Idempotency-Key gets the same ids."""
+        check_idempotency_key(idempotency_key)
         owner = request_owner(request)
         prepared = []
         for index, fields in enumerate(batch.requests):
             create = parse_create(dict(fields), loc=("body", "requests", index))
             request_body = to_generate_request(create, service.current_specs())
             prepared.append(await service.prepare(request_body, owner))
-        return {"object": "list", "ids": [job.id for job in service.enqueue_batch(prepared)]}
+        jobs = service.enqueue_batch(prepared, idempotency_key)
+        return {"object": "list", "ids": [job.id for job in jobs]}
 
     @app.get("/v1/videos/{job_id}", responses=ERRORS)
     async def get_video(job_id: str, request: Request) -> dict[str, Any]:

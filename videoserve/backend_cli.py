@@ -19,13 +19,18 @@ from typing import Any
 from videoserve.config import (
     ENGINES,
     PRESETS,
+    SPEEDS,
     TASKS,
     ConfigError,
     Settings,
     build_specs,
     cuda_gpu_count,
+    gpu_free_gib,
     parse_resources,
 )
+from videoserve.hosts import ANY as ANY_HOST
+from videoserve.hosts import default_allowed_hosts, normalize_host
+from videoserve.job_table import check_or_recover
 
 log = logging.getLogger("videoserve.backend")
 
@@ -50,11 +55,23 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{task}_sp_size", type=int, default=None, metavar="N",
                             help=f"sequence parallel: each {task} video runs on N GPUs "
                                  "(fastvideo engine; default 1)")
+        parser.add_argument(f"--{task}_speed", choices=SPEEDS, default=None,
+                            help=f"{task} speed mode: quality (default; levers that keep the "
+                                 "video as exact attention kernels would) or fast (adds FP8 "
+                                 "matmuls and a step cache: faster, slightly different "
+                                 "videos; fastvideo on a GPU only)")
     parser.add_argument("--output_path", default="outputs",
                         help="where videos (and by default input images) live")
     parser.add_argument("--input_path", default=None,
                         help="the only directory image_path may point into "
                              "(default: <output_path>/inputs)")
+    parser.add_argument("--model_dir", default=None,
+                        help="the folder whose model folders PUT /v1/models may load (besides "
+                             "Hub ids and the models started with); default: none")
+    parser.add_argument("--recover_jobs", action="store_true",
+                        help="if the job table (<output_path>/jobs.sqlite3) is damaged, copy "
+                             "its readable jobs into a new one (the damaged file is kept "
+                             "aside) instead of stopping")
     parser.add_argument("--ray_address", default=None,
                         help="join this Ray cluster (e.g. auto or ray://host:10001); "
                              "default: start a local one")
@@ -71,6 +88,7 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
 
 
 API_KEYS_ENV = "VIDEOSERVE_API_KEYS"
+ADMIN_KEYS_ENV = "VIDEOSERVE_ADMIN_API_KEYS"
 # Idle keep-alive connections are closed after this long (Serve's default is 90 s). Uvicorn in
 # Serve's proxy has no header or body read timeout of its own; bodies have one in the app
 # (Settings.body_idle_timeout_s), headers need a reverse proxy (see README, Security).
@@ -83,16 +101,52 @@ def add_access_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api_key", action="append", default=None, metavar="KEY",
                         help="require this API key (Authorization: Bearer KEY); repeat for "
                              f"several. Also from {API_KEYS_ENV} (comma-separated)")
+    parser.add_argument("--admin_api_key", action="append", default=None, metavar="KEY",
+                        help="a key that may also manage models (PUT/DELETE /v1/models/*), "
+                             "which other keys may not; repeat for several. Also from "
+                             f"{ADMIN_KEYS_ENV} (comma-separated)")
+    parser.add_argument("--allow_model_management", action="store_true",
+                        help="without any key, let every client manage models; only on a "
+                             "backend that listens on loopback")
     parser.add_argument("--cors_origins", default="",
                         help="comma-separated origins (https://host[:port]) whose web pages may "
                              "call the API; default: none besides the API's own")
+    parser.add_argument("--allowed_hosts", default=None,
+                        help="comma-separated host names the API answers to (the Host header), "
+                             "e.g. the name clients reach it by, besides loopback, the --host "
+                             "name (with 0.0.0.0 or ::, this machine's names) and the addresses "
+                             "it listens on; others get 421 (DNS rebinding). '*': any host")
 
 
 def api_keys(args: argparse.Namespace) -> tuple[str, ...]:
     """Keys from --api_key and the environment, in order, without blanks or repeats."""
-    from_env = os.environ.get(API_KEYS_ENV, "").split(",")
-    keys = [k.strip() for k in [*(args.api_key or []), *from_env] if k.strip()]
+    return _keys(args.api_key, API_KEYS_ENV, "--api_key")
+
+
+def admin_api_keys(args: argparse.Namespace) -> tuple[str, ...]:
+    """Keys from --admin_api_key and the environment, like ``api_keys``."""
+    return _keys(getattr(args, "admin_api_key", None), ADMIN_KEYS_ENV, "--admin_api_key")
+
+
+def _keys(given: list[str] | None, env: str, flag: str) -> tuple[str, ...]:
+    from_env = os.environ.get(env, "").split(",")
+    keys = [k.strip() for k in [*(given or []), *from_env] if k.strip()]
+    for key in keys:
+        # Servers read header bytes as latin-1 and clients send UTF-8: such a key never matches.
+        if not all(" " <= c <= "~" for c in key):
+            raise ConfigError(f"{flag} (or {env}): keys must be printable ASCII, since HTTP "
+                              "headers carry no other characters reliably; one key has others")
     return tuple(dict.fromkeys(keys))
+
+
+def allowed_hosts(args: argparse.Namespace) -> tuple[str, ...]:
+    """The host names of --allowed_hosts and those of the bind address (--host)."""
+    given = [h.strip() for h in (args.allowed_hosts or "").split(",") if h.strip()]
+    for host in given:
+        if host != ANY_HOST and normalize_host(host) is None:
+            raise ConfigError(f"--allowed_hosts: {host!r} is not a host name or address "
+                              "(name, name:port, an IPv4 address or [IPv6 address]) or '*'")
+    return tuple(dict.fromkeys([*default_allowed_hosts(args.host), *given]))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,14 +169,21 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise ConfigError(f"--tasks must name t2v and/or i2v, got {args.tasks!r}")
     resources = parse_resources(args.generator_resources) if args.generator_resources else {}
     sp_sizes = {task: getattr(args, f"{task}_sp_size") for task in TASKS}
+    speeds = {task: getattr(args, f"{task}_speed", None) for task in TASKS}
     specs = build_specs(preset, args.engine, args.t2v_model_path, args.i2v_model_path,
                         gpu_count=gpus, replicas=args.replicas, tasks=tasks,  # type: ignore[arg-type]
-                        resources=resources, sp_sizes=sp_sizes)
+                        resources=resources, sp_sizes=sp_sizes, speeds=speeds,
+                        gpu_free=gpu_free_gib() if gpus else None)
     output = Path(args.output_path).expanduser().resolve()
     inputs = Path(args.input_path).expanduser().resolve() if args.input_path else None
     origins = tuple(o.strip().rstrip("/") for o in args.cors_origins.split(",") if o.strip())
+    model_dir = Path(args.model_dir).expanduser().resolve() if args.model_dir else None
     return Settings(models=specs, output_path=output, input_path=inputs,
-                    api_keys=api_keys(args), cors_origins=origins)
+                    api_keys=api_keys(args), cors_origins=origins,
+                    allowed_hosts=allowed_hosts(args),
+                    admin_api_keys=admin_api_keys(args), model_dir=model_dir,
+                    allow_model_management=args.allow_model_management,
+                    recover_jobs=args.recover_jobs)
 
 
 def connect_host(host: str) -> str:
@@ -180,9 +241,24 @@ def confirm_serving(host: str, port: int, timeout_s: float = 30.0) -> None:
         time.sleep(0.5)
 
 
+def check_model_management(host: str, settings: Settings) -> None:
+    """--allow_model_management: only without keys, and only where no other machine reaches."""
+    if not settings.allow_model_management:
+        return
+    if settings.api_keys or settings.admin_api_keys:
+        raise ConfigError("--allow_model_management is for a backend without keys; with keys, "
+                          "give the keys that may manage models with --admin_api_key")
+    if host not in LOOPBACK:
+        raise ConfigError(f"--allow_model_management needs a loopback --host (127.0.0.1, ::1 "
+                          f"or localhost), not {host}: on an address others reach, give "
+                          "--admin_api_key KEY instead")
+
+
 def warn_if_open(host: str, settings: Settings) -> None:
-    if settings.api_keys:
-        log.info("API keys required (%d configured)", len(settings.api_keys))
+    keys = len(settings.api_keys) + len(settings.admin_api_keys)
+    if keys:
+        log.info("API keys required (%d configured, %d of them admin keys)", keys,
+                 len(settings.admin_api_keys))
     elif host not in LOOPBACK:
         log.warning("WARNING: serving on %s without an API key: anyone who can reach this port "
                     "can list, download and delete every video and start generations. Pass "
@@ -243,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
+        check_model_management(args.host, settings)
+        # Before Ray starts: a damaged job table stops the backend here, with its way out.
+        check_or_recover(settings.output_path / "jobs.sqlite3", settings.recover_jobs)
         if args.metrics_export_port is not None and args.metrics_export_port == args.port:
             raise ConfigError("--metrics_export_port must differ from --port")
         if not args.ray_address:  # a cluster's Serve may already listen there, for others

@@ -9,6 +9,7 @@ CLI flags (or a ``serve run`` config) and passed down explicitly.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import secrets
@@ -93,6 +94,10 @@ class ModelSpec:
     engine_options: dict[str, Any] = field(default_factory=dict)
     # True for random-weight models: their output is noise.
     synthetic: bool = False
+    # "quality" or "fast" (SPEEDS): which speed levers the engine runs with.
+    speed: str = "quality"
+    # How place() placed it and why (GET /v1/placement); empty on the CPU.
+    placement: dict[str, Any] = field(default_factory=dict)
 
     @property
     def device(self) -> str:
@@ -107,6 +112,7 @@ class ModelSpec:
             "device": self.device,
             "replicas": self.replicas,
             "synthetic": self.synthetic,
+            "speed": self.speed,
             "defaults": self.defaults.__dict__,
             "limits": self.limits.__dict__,
         }
@@ -132,22 +138,41 @@ TINY_DEFAULTS = SamplingDefaults(
 )
 
 
-# Speed levers of the fastwan preset, chosen by benchmarks/gpu.py on an H100 (docs/BENCHMARKS.md):
-# on by default only when faster and their frames stay within PSNR 40 dB of the reference.
-# FastWan: bf16 VAE (decode 3.16 -> 2.43 s, 47 dB), a compiled DiT (0.80 -> 0.54 s a step,
+# Speed levers of the fastwan preset, chosen by benchmarks/gpu.py (docs/BENCHMARKS.md): on by
+# default only when faster and their frames stay within 1 dB of the noise floor, the PSNR
+# between two exact attention kernels' frames in the same run (random weights make any bf16
+# reordering visible, so a fixed dB threshold would measure that, not the lever).
+# FastWan (H100): bf16 VAE (decode 3.16 -> 2.43 s, 47 dB), a compiled DiT (0.80 -> 0.54 s a step,
 # 46 dB; compiled by a warm-up at load) and the VAE decoding in channels-last layout (decode
 # 2.69 -> 2.37 s on top of those, 60 dB alone), and a compiled VAE decoder (decode 2.18 ->
 # 1.18 s on top of the rest, 44.0 dB; its compile adds about 70 s a video size to the warm-up
-# at load and up to 8 GiB to the peak, so place() leaves it off on a GPU the T2V shares). Compiles
-# are per size: the decoder compiles for Wan's 480x832 (the benchmarks' size) only, FastWan's
-# own default 448x832 decodes eagerly; the warm-up runs at both (the compiled DiT is per size
-# too), so no request pays for a compile. I2V-14B: the channels-last decode (the same VAE);
-# cuDNN-first attention (37 dB) and a compiled DiT (32 dB) are faster but outside the rule:
-# opt-in (engine options sdpa_priority, compile).
+# at load and up to 8 GiB to the peak, so place() leaves it off on a GPU the models share
+# unless it has room). Compiles are per size: the decoder compiles for Wan's 480x832 (the
+# benchmarks' size) only, FastWan's own default 448x832 decodes eagerly; the warm-up runs at
+# both (the compiled DiT is per size too), so no request pays for a compile. I2V-14B: the
+# channels-last decode (the same VAE), cuDNN-first attention (9.67 -> 7.64 s a step on an H200)
+# and a compiled DiT that rounds as eager code does (compile_precise: 9.67 -> 8.09 s a step alone,
+# 38.2 dB against a floor of 38.1 dB; plain compile was 31.5 dB on an H100), paid for by a
+# two-step warm-up at load.
+CUDNN_FIRST = ["cudnn", "flash", "efficient", "math"]
 FASTWAN_SPEED: dict[Task, dict[str, Any]] = {
     "t2v": {"vae_precision": "bf16", "compile": True, "warmup": True, "vae_channels_last": True,
             "vae_compile": [[480, 832]], "warmup_sizes": [[480, 832]]},
-    "i2v": {"vae_channels_last": True},
+    "i2v": {"vae_channels_last": True, "sdpa_priority": CUDNN_FIRST, "compile": True,
+            "compile_precise": True, "warmup": True},
+}
+
+# Speed modes, chosen per model at start (--t2v_speed, --i2v_speed). ``quality`` is the preset's
+# levers above: each on only because its frames stay as close to the reference as two exact
+# attention kernels' frames are to each other (the noise floor, measured in the same run:
+# docs/BENCHMARKS.md). ``fast`` adds the levers that change the video more than that, each with
+# its measured speed and PSNR: FP8 matmuls in the DiT and a step cache that skips the DiT's
+# blocks on steps where their input barely changed. A request cannot change the mode: it
+# would mean reloading or recompiling the model.
+SPEEDS = ("quality", "fast")
+FAST_LEVERS: dict[Task, dict[str, Any]] = {
+    "t2v": {},  # FastWan runs 3 distilled steps: nothing to skip; FP8 did not pay (BENCHMARKS)
+    "i2v": {"dit_fp8": True, "step_cache": 0.1},
 }
 
 
@@ -183,14 +208,18 @@ def preset_specs(preset: str, gpu_count: int) -> dict[Task, ModelSpec]:
     raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
 
 
-def place(specs: dict[Task, ModelSpec], gpu_count: int) -> dict[Task, ModelSpec]:
+def place(specs: dict[Task, ModelSpec], gpu_count: int,
+          gpu_free_gib: list[float] | None = None) -> dict[Task, ModelSpec]:
     """Give each spec its GPU share and offload flags for the GPUs present.
 
     The deployed GPU models need R = sum(replicas x sp_size) whole GPUs. With at least R, each
     replica gets sp_size whole GPUs (Ray hands it that many devices; fastvideo's workers use
     them as local ranks 0..sp_size-1) and nothing is offloaded. With fewer, replicas share
-    GPUs (a fraction each, packed so Ray can place them all); on a shared GPU the I2V model
-    offloads its text encoder and streams DiT layers so both models fit in 80 GB (measured
+    GPUs (a fraction each, packed so Ray can place them all). Whether the models that share a
+    GPU still fit whole is decided from each GPU's free memory (``gpu_free_gib``, read at
+    start) and each model's measured need (``gpu_need_gib``): on a 141 GB H200 a T2V and an
+    I2V fit with nothing offloaded. Where they do not fit, or either figure is unknown, the
+    I2V model offloads its text encoder and streams DiT layers so both fit in 80 GB (measured
     peak 77.7 of 79.6 GiB on an H100 with a T2V and an I2V at once; with the DiT kept on the
     GPU the T2V ran out of memory, docs/BENCHMARKS.md), and no model compiles its VAE decoder
     (about 8 GiB more at peak, which that margin lacks, and about 70 s more before /ready). A
@@ -208,20 +237,84 @@ def place(specs: dict[Task, ModelSpec], gpu_count: int) -> dict[Task, ModelSpec]
             "visible; a replica with sp_size > 1 needs whole GPUs of its own. Lower --replicas "
             "or --t2v_sp_size/--i2v_sp_size, or deploy fewer --tasks.")
     # Fractions Ray can pack: at most ceil(needed / gpus) replicas on a GPU.
-    share = 1.0 if whole else 1.0 / math.ceil(needed / max(gpu_count, 1))
+    per_gpu = 1 if whole else math.ceil(needed / max(gpu_count, 1))
+    share = 1.0 / per_gpu
+    needs = {t: gpu_need_gib(specs[t]) for t in gpu_specs}
+    verdict = shared_fit(needs, specs, per_gpu, gpu_free_gib)
     placed = dict(specs)
     for task in gpu_specs:
         spec = specs[task]
         options = dict(spec.engine_options)
         if spec.engine == "fastvideo":
             options = {**NO_OFFLOAD, **options}
-            if share < 1.0 and task == "i2v" and not spec.synthetic:
-                options.update(text_encoder_cpu_offload=True, dit_layerwise_offload=True)
-            if share < 1.0:
+            if share < 1.0 and not verdict.fits:
+                if task == "i2v" and not spec.synthetic:
+                    options.update(text_encoder_cpu_offload=True, dit_layerwise_offload=True)
                 options.pop("vae_compile", None)
         num_gpus = float(sp_size(spec)) if whole else share
-        placed[task] = replace(spec, num_gpus=num_gpus, num_cpus=1.0, engine_options=options)
+        offloaded = [flag for flag in FASTVIDEO_OFFLOAD_FLAGS if options.get(flag)]
+        placement = {"num_gpus": num_gpus, "shares_gpu": share < 1.0, "offloaded": offloaded,
+                     "need_gib": needs[task], "gpu_free_gib": gpu_free_gib,
+                     "reason": "a GPU of its own" if share == 1.0 else verdict.reason}
+        placed[task] = replace(spec, num_gpus=num_gpus, num_cpus=1.0, engine_options=options,
+                               placement=placement)
     return placed
+
+
+# Peak GPU memory of one replica with nothing offloaded, measured (docs/BENCHMARKS.md), by the
+# DiT's (layers, width): Wan2.1-I2V-14B 63.5 GiB at 480x832x81 with guidance; FastWan2.1-T2V-1.3B
+# 38.4 GiB with its compiled VAE decoder.
+MEASURED_NEED_GIB = {(40, 5120): 63.5, (30, 1536): 38.4}
+KNOWN_DIT = {DEFAULT_I2V_MODEL: (40, 5120), DEFAULT_T2V_MODEL: (30, 1536)}
+# Part of a GPU's free memory that models may plan to use: the rest is for the CUDA contexts,
+# the allocator's fragmentation and what the measured peaks did not see.
+USABLE_FRACTION = 0.92
+
+
+@dataclass(frozen=True)
+class Fit:
+    fits: bool
+    reason: str
+
+
+def gpu_need_gib(spec: ModelSpec) -> float | None:
+    """A replica's GPU memory need: the ``gpu_memory_gib`` engine option, else the measured
+    figure of its architecture; None when unknown."""
+    if "gpu_memory_gib" in spec.engine_options:
+        return float(spec.engine_options["gpu_memory_gib"])
+    dit = KNOWN_DIT.get(spec.model) or _dit_shape(spec.model)
+    return MEASURED_NEED_GIB.get(dit) if dit else None
+
+
+def _dit_shape(model: str) -> tuple[int, int] | None:
+    try:
+        config = json.loads((Path(model) / "transformer" / "config.json").read_text())
+        width = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+        return int(config["num_layers"]), width
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def shared_fit(needs: dict[Task, float | None], specs: dict[Task, ModelSpec], per_gpu: int,
+               gpu_free_gib: list[float] | None) -> Fit:
+    """Whether the ``per_gpu`` heaviest replicas fit on the GPU with the least free memory."""
+    if per_gpu <= 1:
+        return Fit(True, "a GPU of its own")
+    if not gpu_free_gib:
+        return Fit(False, "the GPUs' free memory is unknown: planned for an 80 GB GPU")
+    if any(need is None for need in needs.values()):
+        unknown = [t for t, need in needs.items() if need is None]
+        return Fit(False, f"the memory need of {', '.join(unknown)} is unknown (set engine "
+                          "option gpu_memory_gib): planned for an 80 GB GPU")
+    replicas = sorted((needs[t] for t in needs for _ in range(specs[t].replicas)), reverse=True)
+    heaviest = sum(replicas[:per_gpu])  # type: ignore[arg-type]
+    usable = min(gpu_free_gib) * USABLE_FRACTION
+    fits = heaviest <= usable
+    verdict = "fit" if fits else "do not fit"
+    return Fit(fits, f"{per_gpu} replicas on a GPU need {heaviest:.1f} GiB, {verdict} in "
+                     f"{usable:.1f} GiB ({USABLE_FRACTION:.0%} of {min(gpu_free_gib):.1f} GiB "
+                     "free)" + ("" if fits else ": the I2V offloads its text encoder and DiT "
+                                "layers"))
 
 
 def sp_size(spec: ModelSpec) -> int:
@@ -236,6 +329,31 @@ def cuda_gpu_count() -> int:
     except ImportError:
         return 0
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def gpu_free_gib() -> list[float] | None:
+    """Free memory (GiB) of each GPU this process may use, as ``nvidia-smi`` reports it (no CUDA
+    context is created here); None when it cannot be read."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index,uuid,memory.free", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rows = [[part.strip() for part in line.split(",")] for line in out.splitlines() if line.strip()]
+    try:
+        free = {(index, uuid): float(mib) / 1024 for index, uuid, mib in rows}
+    except ValueError:
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return list(free.values()) or None
+    chosen = [v.strip() for v in visible.split(",") if v.strip()]
+    picked = [gib for wanted in chosen for (index, uuid), gib in free.items()
+              if wanted in (index, uuid) or (wanted.startswith("GPU-") and uuid.startswith(wanted))]
+    return picked or None
 
 
 def fastvideo_cpu_allowed() -> bool:
@@ -285,12 +403,20 @@ def build_specs(
     tasks: tuple[Task, ...] = TASKS,
     resources: dict[str, float] | None = None,
     sp_sizes: dict[Task, int | None] | None = None,
+    speeds: dict[Task, str | None] | None = None,
+    gpu_free: list[float] | None = None,
 ) -> dict[Task, ModelSpec]:
     """Resolve a preset plus overrides into placed model specs, refusing what cannot run here.
 
-    ``sp_sizes`` asks for sequence parallel (one video on that many GPUs) per task.
+    ``sp_sizes`` asks for sequence parallel (one video on that many GPUs) per task; ``speeds``
+    the speed mode per task (SPEEDS). ``gpu_free`` is each GPU's free memory in GiB; read from
+    the GPUs when ``gpu_count`` is not given either (see ``place``).
     """
-    gpus = cuda_gpu_count() if gpu_count is None else gpu_count
+    if gpu_count is None:
+        gpus = cuda_gpu_count()
+        gpu_free = gpu_free if gpu_free is not None else (gpu_free_gib() if gpus else None)
+    else:
+        gpus = gpu_count
     specs = preset_specs(preset, gpus)
     overrides = {"t2v": t2v_model, "i2v": i2v_model}
     for task, spec in list(specs.items()):
@@ -304,6 +430,9 @@ def build_specs(
     for task, size in (sp_sizes or {}).items():
         if task in specs and size is not None and size != 1:
             specs[task] = _with_sp_size(specs[task], size, gpus)
+    for task, speed in (speeds or {}).items():
+        if task in specs and speed is not None:
+            specs[task] = with_speed(specs[task], speed, gpus)
     wants_fastvideo = any(s.engine == "fastvideo" for s in specs.values())
     if wants_fastvideo and gpus == 0:
         if not fastvideo_cpu_allowed():
@@ -315,7 +444,24 @@ def build_specs(
         return specs
     if gpus == 0:
         return specs
-    return place(specs, gpus)
+    return place(specs, gpus, gpu_free)
+
+
+def with_speed(spec: ModelSpec, speed: str, gpus: int) -> ModelSpec:
+    """``spec`` in speed mode ``speed``: ``fast`` adds FAST_LEVERS to the fastvideo engine's
+    options; where they cannot apply (no GPU, another engine) the mode is logged and ignored."""
+    if speed not in SPEEDS:
+        raise ConfigError(f"--{spec.task}_speed must be one of {', '.join(SPEEDS)}, "
+                          f"got {speed!r}")
+    if speed == "quality":
+        return replace(spec, speed=speed)
+    if spec.engine != "fastvideo" or gpus == 0:
+        where = "without a GPU" if gpus == 0 else f"on the {spec.engine} engine"
+        logging.getLogger(__name__).info("--%s_speed fast is ignored %s: its levers need "
+                                         "fastvideo on a CUDA GPU", spec.task, where)
+        return spec
+    return replace(spec, speed=speed,
+                   engine_options={**spec.engine_options, **FAST_LEVERS[spec.task]})
 
 
 def _with_sp_size(spec: ModelSpec, size: int, gpus: int) -> ModelSpec:
@@ -337,9 +483,11 @@ class Settings:
     output_path: Path = Path("outputs")
     input_path: Path | None = None
     max_body_bytes: int = 32 * 1024 * 1024
-    # Bodies of all requests in flight together (each counts until its response is sent);
-    # beyond it new ones get 503 with Retry-After. Bounds the ingress's memory.
+    # Bytes received of the bodies of all requests in flight together (each counts until its
+    # response is sent); beyond it new ones get 503 with Retry-After. Bounds the ingress's memory.
     max_inflight_body_bytes: int = 64 * 1024 * 1024
+    # The share of it one client address may hold (429 with Retry-After beyond).
+    max_client_body_bytes: int = 32 * 1024 * 1024
     # Inputs are fitted to the model's size (at most 480x832) anyway; 8 Mpx still takes a
     # 4K photo (3840x2160).
     max_image_pixels: int = 8 * 1024 * 1024
@@ -349,11 +497,26 @@ class Settings:
     decode_wait_s: float = 10.0
     # A client that stops sending in the middle of a body is answered 408 after this long.
     body_idle_timeout_s: float = 30.0
+    # The time a body of max_body_bytes may take to arrive in all (408 after); a smaller body
+    # gets its share by size, and at least body_min_timeout_s.
+    body_timeout_s: float = 60.0
+    body_min_timeout_s: float = 10.0
     request_timeout_s: float = 3600.0
     # API keys; none: the API is open. Kept out of repr so they are never logged.
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # Keys that may also manage models (PUT/DELETE /v1/models/*); user keys may not.
+    admin_api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # Model management without any key; the backend CLI allows it on loopback only.
+    allow_model_management: bool = False
+    # The folder a model switch may load from, besides Hub ids and the models started with.
+    model_dir: Path | None = None
+    # A damaged job table is recovered (its readable jobs copied) instead of refused.
+    recover_jobs: bool = False
     # Origins (scheme://host[:port]) whose browser pages may call the API, besides its own.
     cors_origins: tuple[str, ...] = ()
+    # Host names the API answers to besides loopback and the address a connection arrived on
+    # ("*": any); other Host headers get 421 (DNS rebinding, see videoserve.hosts).
+    allowed_hosts: tuple[str, ...] = ()
     # One per backend start: an ingress that Serve restarts within the same run keeps the
     # models switched at runtime; a new run starts from these settings' models.
     run_id: str = field(default_factory=lambda: secrets.token_hex(8))

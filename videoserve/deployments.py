@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import ray
@@ -29,6 +29,9 @@ from videoserve.worker import EngineFactory, GeneratorWorker
 
 log = logging.getLogger(__name__)
 READINESS_POLL_S = 0.5
+# /ready answers from replica states at most this old: it is public, and reading them from
+# Serve costs far more than the answer (a flood of /ready slowed every other client down).
+READY_MAX_AGE_S = 0.5
 
 APP_NAME = "videoserve"
 NAMESPACE = "videoserve"
@@ -128,6 +131,23 @@ class Generator:
         worker = getattr(self, "worker", None)
         if worker is not None:
             worker.close()
+
+
+class FreshWithin:
+    """Runs ``read`` only when its last run started ``max_age_s`` ago or more; concurrent
+    callers wait for one run rather than start their own."""
+
+    def __init__(self, read: Callable[[], Awaitable[Any]], max_age_s: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.read, self.max_age_s, self.clock = read, max_age_s, clock
+        self._started: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def __call__(self) -> None:
+        async with self._lock:
+            if self._started is None or self.clock() - self._started >= self.max_age_s:
+                self._started = self.clock()
+                await self.read()
 
 
 def _deployment_state(status: Any) -> dict[str, Any]:
@@ -258,7 +278,7 @@ class Ingress:
         self._on_generation: dict[str, tuple[str, int]] = {}  # running job -> its generation
         self.models = ModelManager(settings.models, ServeDeployer(self.app_name, engine_factory),
                                    settings.output_path / "models.json", settings.run_id,
-                                   self._running_on)
+                                   self._running_on, settings.model_dir)
         # The gauges read the runner's queue and the replica states when Prometheus scrapes.
         self.metrics = ServiceMetrics(
             lambda: {t: s.model for t, s in self.service.current_specs().items()},
@@ -270,6 +290,7 @@ class Ingress:
         loop = asyncio.get_running_loop()
         self._models_started = loop.create_task(self._start_models())
         self._poller = loop.create_task(self._poll_readiness())
+        self._fresh_states = FreshWithin(self._refresh_states, READY_MAX_AGE_S)
 
     async def _start_models(self) -> None:
         await self.models.start()
@@ -338,9 +359,9 @@ class Ingress:
         return True
 
     async def _readiness(self) -> dict[str, dict[str, Any]]:
-        # Asked now rather than from the last poll: right after a deploy, /ready must not
-        # answer from a state up to a poll interval old.
-        await self._refresh_states()
+        # Not only from the poll, which can lag by a poll interval plus a slow status read.
+        # Unloads and switches change the slots at once: only replica states can be stale.
+        await self._fresh_states()
         return self.models.readiness()
 
     async def ready(self) -> bool:
@@ -355,8 +376,11 @@ class Ingress:
         apps = {task: generator_app(self.app_name, task, slot.generation)
                 for task, slot in self.models.slots.items() if slot.spec is not None}
         models = await asyncio.to_thread(_replica_nodes, apps)
+        specs = {task: slot.spec for task, slot in self.models.slots.items() if slot.spec}
         return {"ingress": {"node_id": self.node_id},
-                "models": {task: {"replicas": replicas} for task, replicas in models.items()}}
+                "models": {task: {"replicas": replicas, "device": specs[task].device,
+                                  "speed": specs[task].speed, **specs[task].placement}
+                           for task, replicas in models.items() if task in specs}}
 
     async def drain(self, timeout_s: float) -> dict[str, int]:
         """Stop accepting work and answer waiting requests (see VideoService.drain)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from typing import Any
@@ -117,90 +116,3 @@ def public_reason(text: str, limit: int = 500) -> str:
     for pattern, replacement in _INTERNALS:
         text = pattern.sub(replacement, text)
     return text[:limit]
-
-
-class BodySizeLimit:
-    """ASGI middleware for request bodies: 413 over ``max_bytes`` (without reading them whole),
-    503 with Retry-After while the bodies of all requests in flight would pass ``budget``
-    bytes, and 408 when a client stalls for ``idle_timeout_s`` in the middle of one."""
-
-    def __init__(self, app: Any, max_bytes: int, budget: Any = None,
-                 idle_timeout_s: float = 30.0):
-        self.app, self.max_bytes = app, max_bytes
-        self.budget, self.idle_timeout_s = budget, idle_timeout_s
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        declared = int(length) if length is not None and length.isdigit() else 0
-        if declared > self.max_bytes:
-            await _refuse(send, _TooLarge(self.max_bytes))
-            return
-        # A body is held for the whole request (parsed JSON, decoded image), so it counts until
-        # the response is sent. A declared length is reserved before any byte is read.
-        held = 0
-        if self.budget is not None and declared:
-            if not self.budget.try_take(declared):
-                await _refuse(send, _Busy())
-                return
-            held = declared
-        seen, finished = 0, False
-
-        async def counted_receive() -> dict:
-            nonlocal seen, held, finished
-            if finished:  # past the body, receive only reports a disconnect: no timeout
-                return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), self.idle_timeout_s)
-            except TimeoutError:
-                raise _SlowBody(self.idle_timeout_s) from None
-            if message["type"] != "http.request":
-                return message
-            finished = not message.get("more_body", False)
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _TooLarge(self.max_bytes)
-            if self.budget is not None and seen > held:
-                if not self.budget.try_take(seen - held):
-                    raise _Busy()
-                held = seen
-            return message
-
-        try:
-            await self.app(scope, counted_receive, send)
-        except (_TooLarge, _Busy, _SlowBody) as exc:
-            await _refuse(send, exc)
-        finally:
-            if self.budget is not None:
-                self.budget.give(held)
-
-
-async def _refuse(send: Any, exc: StarletteHTTPException) -> None:
-    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    body = error_body(str(exc.detail), kind, code=HTTP_CODES[exc.status_code])
-    response = JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
-    await response({"type": "http"}, _no_receive, send)
-
-
-# HTTPExceptions, so that frameworks which wrap body-parsing errors pass them through as is.
-class _TooLarge(StarletteHTTPException):
-    def __init__(self, max_bytes: int):
-        super().__init__(413, f"request body is larger than {max_bytes} bytes")
-
-
-class _Busy(StarletteHTTPException):
-    def __init__(self) -> None:
-        super().__init__(503, "the server is receiving too many request bodies at once; retry "
-                         "shortly", headers={"Retry-After": "1"})
-
-
-class _SlowBody(StarletteHTTPException):
-    def __init__(self, seconds: float):
-        super().__init__(408, f"no part of the request body arrived for {seconds:.0f} s")
-
-
-async def _no_receive() -> dict:
-    return {"type": "http.disconnect"}

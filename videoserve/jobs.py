@@ -68,6 +68,8 @@ class Job:
     finished_at: float | None = None
     result: dict[str, Any] | None = None
     error: str | None = None
+    # Why a failed job failed, for clients to act on (e.g. model_unloaded); None: the generation.
+    error_code: str | None = None
     fingerprint: str | None = None
     idempotency_key: str | None = None
     # Times a generator was given this job (a job whose generator died is retried once).
@@ -125,6 +127,13 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_fingerprint ON jobs (fingerprint, status);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+-- Idempotency-Keys answered with jobs made for other requests (the identical-request cache, a
+-- batch): the ids they were answered with and a hash of the request.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key TEXT PRIMARY KEY,
+    job_ids TEXT NOT NULL,
+    request_digest TEXT
+);
 """
 # Columns added since the first schema; tables written before get them on open.
 ADDED_COLUMNS = {"owner": "TEXT"}
@@ -133,8 +142,14 @@ ADDED_COLUMNS = {"owner": "TEXT"}
 class JobStore:
     """The durable job table, an in-memory mirror of unfinished jobs, and waiting for one."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, recover: bool = False):
+        # Imported here: job_table builds on this module's schema and Job.
+        from videoserve.job_table import check_or_recover
+
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Before the first write: a damaged table is refused (DamagedJobTable) or, with
+        # ``recover``, replaced by a new one holding its readable jobs.
+        check_or_recover(path, recover)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         # With WAL, NORMAL syncs at checkpoints rather than at every commit: a crash of the
@@ -198,6 +213,20 @@ class JobStore:
     def by_idempotency_key(self, key: str) -> Job | None:
         job = self._one("SELECT seq, data FROM jobs WHERE idempotency_key = ?", key)
         return self.get(job.id) if job else None
+
+    def remember_key(self, key: str, job_ids: list[str], request_digest: str | None) -> None:
+        """Record that a request with Idempotency-Key ``key`` was answered with ``job_ids``."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO idempotency_keys (key, job_ids, "
+                             "request_digest) VALUES (?, ?, ?)",
+                             (key, json.dumps(job_ids), request_digest))
+
+    def remembered_key(self, key: str) -> tuple[list[str], str | None] | None:
+        """(job ids, request digest) recorded by ``remember_key``."""
+        with self._lock:
+            row = self._db.execute("SELECT job_ids, request_digest FROM idempotency_keys "
+                                   "WHERE key = ?", (key,)).fetchone()
+        return (json.loads(row[0]), row[1]) if row else None
 
     def completed_with_fingerprint(self, fingerprint: str) -> Job | None:
         return self._one("SELECT seq, data FROM jobs WHERE fingerprint = ? AND "

@@ -19,18 +19,23 @@ from pathlib import Path
 import requests
 
 from videoserve.backend_cli import (
+    ADMIN_KEYS_ENV,
     API_KEYS_ENV,
     add_access_flags,
     add_model_flags,
+    admin_api_keys,
     api_keys,
     connect_host,
 )
 from videoserve.client import API_KEY_ENV, BackendError, VideoClient
+from videoserve.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 FORWARDED = ("preset", "engine", "t2v_model_path", "i2v_model_path", "tasks", "replicas",
-             "t2v_sp_size", "i2v_sp_size", "output_path", "input_path", "ray_address",
-             "num_cpus", "metrics_export_port", "generator_resources", "cors_origins")
+             "t2v_sp_size", "i2v_sp_size", "t2v_speed", "i2v_speed", "output_path",
+             "input_path", "ray_address", "num_cpus", "metrics_export_port",
+             "generator_resources", "cors_origins", "model_dir", "allowed_hosts")
+SWITCHES = ("allow_model_management", "recover_jobs")  # forwarded when given
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,16 +58,18 @@ def backend_command(args: argparse.Namespace) -> list[str]:
         value = getattr(args, name)
         if value is not None and value != "":
             command += [f"--{name}", str(value)]
-    return command
+    return command + [f"--{name}" for name in SWITCHES if getattr(args, name)]
 
 
 def key_environments(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
     """Environments of the backend (every key) and the UI (the first): keys travel in the
     environment, not on command lines that every local user can list."""
-    keys = api_keys(args)
-    if not keys:
-        return {}, {}
-    return {API_KEYS_ENV: ",".join(keys)}, {API_KEY_ENV: keys[0]}
+    keys, admin_keys = api_keys(args), admin_api_keys(args)
+    backend = {name: ",".join(given) for name, given in
+               ((API_KEYS_ENV, keys), (ADMIN_KEYS_ENV, admin_keys)) if given}
+    # The UI manages no models: an admin key only where there is no other.
+    ui_key = (keys or admin_keys or ("",))[0]
+    return backend, {API_KEY_ENV: ui_key} if ui_key else {}
 
 
 def _pump(name: str, stream, out=sys.stdout) -> None:
@@ -117,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    backend_env, ui_env = key_environments(args)
+    try:
+        backend_env, ui_env = key_environments(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     backend = Managed("backend", backend_command(args), backend_env)
     children = [backend]
     try:

@@ -1,13 +1,24 @@
 """Budgets shared by concurrent requests of the ingress: bytes of request bodies in flight and
-pixels being decoded. They bound the ingress's memory whatever many clients send at once."""
+pixels being decoded. They bound the ingress's memory whatever many clients send at once; the
+body middleware also bounds how long a body may take, so that slow clients cannot hold it."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
-from videoserve.errors import ApiError
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from videoserve.errors import ApiError, error_body
+
+RETRY = {"Retry-After": "1"}
 
 
 class Budget:
@@ -57,3 +68,150 @@ class Budget:
 def busy(what: str) -> ApiError:
     return ApiError(503, f"the server is busy: {what}; retry shortly", type="server_error",
                     code="busy", headers={"Retry-After": "1"})
+
+
+class BodyRefused(StarletteHTTPException):
+    """A body refused while it arrives. An HTTPException, so that frameworks which wrap
+    body-parsing errors pass it through as is."""
+
+    def __init__(self, status: int, message: str, code: str,
+                 headers: dict[str, str] | None = None):
+        super().__init__(status, message, headers=headers)
+        self.code = code
+
+
+def too_large(max_bytes: int) -> BodyRefused:
+    return BodyRefused(413, f"request body is larger than {max_bytes} bytes", "body_too_large")
+
+
+class BodyBudget:
+    """Bytes of request bodies received and not yet answered: in total, and per client address,
+    so that one address cannot hold more than its fair share of what every client needs."""
+
+    def __init__(self, capacity: int, per_client: int):
+        self.total = Budget(capacity)
+        self.per_client = min(per_client, capacity)
+        self.held: dict[str, int] = {}
+
+    def take(self, client: str, amount: int) -> None:
+        """Count ``amount`` more bytes of ``client``'s; refused (429: its share, 503: the
+        total) without counting them."""
+        mine = self.held.get(client, 0)
+        if mine + amount > self.per_client:
+            raise BodyRefused(429, "this client is sending too many request bodies at once; "
+                              "retry when one is answered", "too_many_bodies", RETRY)
+        if not self.total.try_take(amount):
+            raise BodyRefused(503, "the server is receiving too many request bodies at once; "
+                              "retry shortly", "busy", RETRY)
+        self.held[client] = mine + amount
+
+    def give(self, client: str, amount: int) -> None:
+        if amount <= 0:
+            return
+        self.total.give(amount)
+        left = self.held.get(client, 0) - amount
+        if left > 0:
+            self.held[client] = left
+        else:
+            self.held.pop(client, None)
+
+
+@dataclass(frozen=True)
+class BodyRules:
+    """How large and how slow a request body may be."""
+
+    max_bytes: int
+    # A client that sends nothing for this long in the middle of a body is answered 408.
+    idle_timeout_s: float = 30.0
+    # The time a body of max_bytes may take in all; a smaller one gets its share of it by size
+    # (of the declared length, else of what arrived), and at least min_timeout_s: a client that
+    # sends a byte now and then is answered 408 even though it never goes idle.
+    timeout_s: float = 60.0
+    min_timeout_s: float = 10.0
+
+    def time_allowed(self, size: int) -> float:
+        return max(self.min_timeout_s, self.timeout_s * size / self.max_bytes)
+
+
+class BodySizeLimit:
+    """ASGI middleware for request bodies: 413 over the size limit (without reading them whole),
+    408 for a body that stalls or arrives too slowly, and 503/429 with Retry-After while the
+    bytes received of all requests in flight (or of one client address) would pass ``budget``.
+    A request holds budget only for the bytes it has sent, until its response is sent."""
+
+    def __init__(self, app: Any, rules: BodyRules, budget: BodyBudget | None = None):
+        self.app, self.rules, self.budget = app, rules, budget
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body = _Body(self.rules, self.budget, scope)
+        if body.declared > self.rules.max_bytes:
+            await _refuse(send, too_large(self.rules.max_bytes))
+            return
+        try:
+            await self.app(scope, partial(body.receive, receive), send)
+        except BodyRefused as exc:
+            await _refuse(send, exc)
+        finally:
+            body.release()
+
+
+class _Body:
+    """One request's body as it arrives: sized, timed and counted against the budget."""
+
+    def __init__(self, rules: BodyRules, budget: BodyBudget | None, scope: dict):
+        self.rules, self.budget = rules, budget
+        length = Headers(scope=scope).get("content-length", "")
+        # 19 digits already pass any limit (and int() refuses thousands of them).
+        self.declared = int(length[:19]) if length.isascii() and length.isdigit() else 0
+        client = scope.get("client")
+        self.client = str(client[0]) if client else ""
+        self.started = time.monotonic()
+        self.seen, self.finished = 0, False
+
+    async def receive(self, receive: Any) -> dict:
+        if self.finished:  # past the body, receive only reports a disconnect: no timeout
+            return await receive()
+        message = await self._next(receive)
+        if message["type"] != "http.request":
+            return message
+        chunk = len(message.get("body", b""))
+        if self.seen + chunk > self.rules.max_bytes:
+            raise too_large(self.rules.max_bytes)
+        if self.budget is not None:
+            self.budget.take(self.client, chunk)
+        self.seen += chunk
+        self.finished = not message.get("more_body", False)
+        return message
+
+    async def _next(self, receive: Any) -> dict:
+        allowed = self.rules.time_allowed(max(self.declared, self.seen))
+        left = self.started + allowed - time.monotonic()
+        wait = min(self.rules.idle_timeout_s, left)
+        try:
+            if wait <= 0:
+                raise TimeoutError
+            return await asyncio.wait_for(receive(), wait)
+        except TimeoutError:
+            if wait < self.rules.idle_timeout_s:
+                message = f"the request body did not arrive within {allowed:.0f} s"
+            else:
+                message = f"no part of the request body arrived for {wait:.0f} s"
+            raise BodyRefused(408, message, "body_timeout") from None
+
+    def release(self) -> None:
+        if self.budget is not None:
+            self.budget.give(self.client, self.seen)
+
+
+async def _refuse(send: Any, exc: BodyRefused) -> None:
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    body = error_body(str(exc.detail), kind, code=exc.code)
+    response = JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> dict:
+    return {"type": "http.disconnect"}

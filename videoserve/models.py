@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -51,6 +53,8 @@ MAX_REPLICAS = 64
 # A generation that has not come up by then is given up (loading the 14B model takes ~1 min).
 DEPLOY_TIMEOUT_S = 1800.0
 FAILED_STATES = ("UNHEALTHY",)
+# A Hugging Face Hub id: org/name.
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
 # Replica states of live generations, as the ingress reads them from Serve.
 States = dict[tuple[str, int], dict[str, Any]]
@@ -99,6 +103,41 @@ def is_synthetic(model: str) -> bool:
         return False
 
 
+def allowed_model(name: str, model_dir: Path | None, known: set[str]) -> str:
+    """What a switch to ``name`` loads: a model started with, a folder under ``model_dir``
+    (as its real path) or a Hub id. Anything else is refused with one message, whatever is or
+    is not at that path, so that the API tells nothing about the server's files."""
+    if name in known:
+        return name
+    hub_id = HUB_ID.fullmatch(name) is not None and ".." not in name
+    folder = _folder_in(model_dir, name) if model_dir is not None else None
+    # Inside model_dir a missing folder is the admin's own typo: its switch fails with the
+    # reason. An org/name that is no folder there is a Hub id.
+    if folder is not None and (folder.is_dir() or not hub_id):
+        return str(folder)
+    if hub_id:
+        return name
+    where = "under --model_dir" if model_dir is not None else "under --model_dir (none is set)"
+    raise ApiError(403, f"model must be a Hub id (org/name), a model this backend started "
+                   f"with, or a model folder {where}", param="model", code="model_not_allowed")
+
+
+def _folder_in(model_dir: Path, name: str) -> Path | None:
+    """``name`` (absolute, or relative to ``model_dir``) as a path inside ``model_dir``."""
+    if "\x00" in name:
+        return None
+    try:
+        # Judged by the name first: a path outside is refused before anything on disk is read.
+        candidate = Path(os.path.normpath(model_dir / Path(name).expanduser()))
+        if candidate == model_dir or not candidate.is_relative_to(model_dir):
+            return None
+        real, root = Path(os.path.realpath(candidate)), model_dir.resolve()
+        inside = real != root and real.is_relative_to(root)  # a symlink inside may lead out
+    except (OSError, RuntimeError, ValueError):  # an unknown ~user, a name too long
+        return None
+    return real if inside else None
+
+
 @dataclass
 class Slot:
     """One task's models: the generation serving it and a switch in progress."""
@@ -125,8 +164,13 @@ class ModelManager:
     """The serving generation of each task, and the switches between them."""
 
     def __init__(self, specs: dict[Task, ModelSpec], deployer: Deployer, state_path: Path,
-                 run_id: str, running_jobs: Callable[[Task, int], int]):
+                 run_id: str, running_jobs: Callable[[Task, int], int],
+                 model_dir: Path | None = None):
         self.deployer = deployer
+        # What a switch may load besides Hub ids: the models started with, the built-in ones
+        # and the folders under model_dir.
+        self.model_dir = model_dir
+        self.known_models = {s.model for s in specs.values()} | set(TINY_MODEL_IDS.values())
         self.state_path, self.run_id = state_path, run_id
         # Jobs of a task still running on a given generation (the ingress tracks them).
         self.running_jobs = running_jobs
@@ -270,6 +314,9 @@ class ModelManager:
         if base is None:
             raise ApiError(422, f"no {task} model was ever deployed here; name one with model",
                            param="model")
+        if model is not None and model.strip():
+            # Before anything changes: a refused model leaves the task serving as it was.
+            model = allowed_model(model.strip(), self.model_dir, self.known_models)
         new = self._changed_spec(base, model, engine, replicas)
         if slot.spec is not None and new == slot.spec:
             return self.describe_task(task)  # nothing to change

@@ -43,6 +43,10 @@ DEFAULT_JOB_S = 30.0  # assumed job length until one has been measured
 # A running job normally stops within a step of its cancel (seconds even for the 14B model);
 # past this the runner ends the job's stream itself.
 FORCE_CANCEL_S = 30.0
+# The error code of jobs failed because their task's model went away (it may be loaded again).
+MODEL_UNLOADED = "model_unloaded"
+# Whether a task has a model (serving, or being loaded) that its queued jobs can wait for.
+HasModel = Callable[[Task], bool]
 
 
 class JobObserver:
@@ -73,8 +77,9 @@ class JobRunner:
                  load_image: Callable[[Job], bytes | None],
                  save_result: Callable[[Job, Result], dict[str, Any]],
                  request_cancel: RequestCancel | None = None,
-                 observer: JobObserver | None = None):
+                 observer: JobObserver | None = None, has_model: HasModel | None = None):
         self.store, self.dispatch, self.capacity = store, dispatch, capacity
+        self.has_model = has_model or (lambda task: True)
         self.load_image, self.save_result = load_image, save_result
         self.request_cancel = request_cancel
         self.observer = observer or JobObserver()
@@ -109,11 +114,13 @@ class JobRunner:
         for loop in self._loops:
             loop.cancel()
 
-    def fail_queued(self, task: str, reason: str) -> int:
+    def fail_queued(self, task: str, reason: str | None = None) -> int:
         """Fail every queued job of ``task`` (its model went away); how many."""
+        reason = reason or (f"the {task} model was unloaded before this job started; submit "
+                            "it again once a model is loaded")
         queued = [j for j in self.store.active() if j.task == task and j.status == "queued"]
         for job in queued:
-            self.store.put(job.to("failed", error=reason))
+            self._put(job.to("failed", error=reason, error_code=MODEL_UNLOADED))
         return len(queued)
 
     def wake(self, task: str | None = None) -> None:
@@ -163,6 +170,10 @@ class JobRunner:
         wake = self._wake[task]
         while not self.stopping:
             wake.clear()
+            if not self.has_model(task):
+                # Whichever way a job got queued for a task without a model (accepted while the
+                # model went away, or retried after it did), nothing would ever run it.
+                self.fail_queued(task)
             running = sum(1 for t in self._running.values() if t.get_name() == task)
             free = self.capacity(task) - running
             if free > 0:
@@ -207,7 +218,10 @@ class JobRunner:
             self._requeue_or_fail(job, reason)
 
     def _requeue_or_fail(self, job: Job, reason: str) -> None:
-        if job.attempts < MAX_ATTEMPTS:
+        if not self.has_model(job.task):
+            self._put(job.to("failed", error=f"{reason}, and the {job.task} model has been "
+                             "unloaded since", error_code=MODEL_UNLOADED))
+        elif job.attempts < MAX_ATTEMPTS:
             log.info("job %s: %s; queued again (attempt %d done)", job.id, reason, job.attempts)
             self._put(job.to("queued", error=f"retried after: {reason}"))
             self.wake(job.task)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 MAX_PROMPT_CHARS = 2000
 SEED_MAX = 2**32 - 1
+# Categories that draw nothing on their own: controls, format characters (zero-width spaces
+# and joiners, bidi marks), separators, unassigned and private-use code points, lone marks.
+INVISIBLE_CATEGORIES = {"Cc", "Cf", "Cn", "Co", "Cs", "Zs", "Zl", "Zp", "Mn", "Me"}
+# Letters and symbols that render blank all the same (Hangul fillers, the Braille blank).
+BLANK_CHARACTERS = {"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800"}
 
 
 def check_frames(value: int | None) -> int | None:
@@ -21,6 +27,11 @@ def refuse_bool(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("must be a number, not a boolean")
     return value
+
+
+def has_visible_character(text: str) -> bool:
+    return any(not char.isspace() and char not in BLANK_CHARACTERS
+               and unicodedata.category(char) not in INVISIBLE_CATEGORIES for char in text)
 
 
 def check_multiple_of_16(value: int | None) -> int | None:
@@ -65,6 +76,8 @@ class GenerateVideoRequest(BaseModel):
     def _prompt_not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("prompt must not be blank")
+        if not has_visible_character(value):
+            raise ValueError("prompt has no visible characters")
         return value
 
     @property

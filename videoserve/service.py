@@ -26,11 +26,14 @@ from videoserve.limits import Budget
 from videoserve.media import MediaError, decode_base64, fitted_png, image_size
 from videoserve.models import ModelManager
 from videoserve.protocol import Result, SamplingParams, resolve
-from videoserve.runner import Dispatch, JobObserver, JobRunner, RequestCancel
+from videoserve.runner import MODEL_UNLOADED, Dispatch, JobObserver, JobRunner, RequestCancel
 from videoserve.schemas import GenerateVideoRequest
 from videoserve.storage import VideoFiles
 
 log = logging.getLogger(__name__)
+# Retry-After for requests whose model was unloaded under them: PUT /v1/models loads one again.
+UNLOADED_RETRY_S = 30
+
 
 def select_task(request: GenerateVideoRequest) -> Task:
     if request.model_type is not None:
@@ -129,6 +132,12 @@ def scoped_key(idempotency_key: str, owner: str | None) -> str:
     return "owner:" + hashlib.sha256(f"{owner}\0{idempotency_key}".encode()).hexdigest()
 
 
+def batch_digest(prepared: list[Prepared]) -> str:
+    """A batch's request hash: never equal to a single request's, so a key stays with one."""
+    digests = json.dumps([p.request_digest for p in prepared])
+    return "batch:" + hashlib.sha256(digests.encode()).hexdigest()
+
+
 def visible(job: Job | None, owner: str | None) -> Job | None:
     """``job`` if ``owner`` may see it: everyone when the API is open, else only its owner."""
     return job if job is not None and (owner is None or job.owner == owner) else None
@@ -144,9 +153,10 @@ class VideoService:
         self.models = models  # the models served now, and their switches
         settings.inputs_dir.mkdir(parents=True, exist_ok=True)
         self.files = VideoFiles(settings.videos_dir)
-        self.jobs = JobStore(settings.output_path / "jobs.sqlite3")
+        self.jobs = JobStore(settings.output_path / "jobs.sqlite3", settings.recover_jobs)
         self.runner = JobRunner(self.jobs, dispatch, models.capacity, self.files.load_input,
-                                self._save_result, request_cancel, observer)
+                                self._save_result, request_cancel, observer,
+                                has_model=lambda task: models.spec(task) is not None)
         self.decode_budget = Budget(settings.max_decode_pixels)
         self.draining = False
         self._drained = asyncio.Event()
@@ -179,8 +189,7 @@ class VideoService:
     def unload_model(self, task: Task) -> dict[str, Any]:
         """Stop serving ``task``; its queued jobs fail with a reason, running ones finish."""
         described = self.models.unload(task)
-        self.runner.fail_queued(task, f"the {task} model was unloaded before this job started; "
-                                "submit it again once a model is loaded")
+        self.runner.fail_queued(task)
         return described
 
     async def prepare_image(self, request: GenerateVideoRequest, params: SamplingParams) -> bytes:
@@ -224,18 +233,23 @@ class VideoService:
         """Queue a prepared request; (job, cached). A cached job is an earlier identical one."""
         stored_key = scoped_key(idempotency_key, prepared.owner) if idempotency_key else None
         if stored_key:
-            earlier = self.jobs.by_idempotency_key(stored_key)
-            if earlier is not None:
-                return self._same_request(earlier, prepared), False
+            answered = self._answered(stored_key, prepared.request_digest)
+            if answered is not None:  # a key recorded for a cache hit answers from the cache
+                return answered[0], answered[0].idempotency_key != stored_key
         if prepared.fingerprint:
             earlier = self.jobs.completed_with_fingerprint(prepared.fingerprint)
             if earlier is not None and self.files.video(earlier.id).is_file():
+                if stored_key:
+                    self.jobs.remember_key(stored_key, [earlier.id], prepared.request_digest)
                 return earlier, True
         task, spec = prepared.task, prepared.spec
         if self.draining:
             raise ApiError(503, "the backend is shutting down; retry after it restarts",
                            type="server_error", code="shutting_down",
                            headers={"Retry-After": "30"})
+        # The model may have been unloaded while the request's image was decoded: its job would
+        # wait for a model that is not coming.
+        self.spec_for(task)
         self.runner.admit(task, spec.max_queued_requests)
         job = Job(id=new_job_id(), task=task, model=spec.model, engine=spec.engine,
                   synthetic=spec.synthetic, params=prepared.params,
@@ -246,21 +260,41 @@ class VideoService:
             self.files.save_input(job.id, prepared.image_png)
         return self.runner.submit(job), False
 
-    @staticmethod
-    def _same_request(earlier: Job, prepared: Prepared) -> Job:
-        """The job of a retried request; 409 when the key came with another request."""
-        if earlier.request_digest not in (None, prepared.request_digest):
+    def _answered(self, stored_key: str, digest: str | None) -> list[Job] | None:
+        """The jobs an earlier request with this Idempotency-Key was answered with (None: no
+        such request, or one of its jobs was deleted since); 409 when it had another body."""
+        earlier = self.jobs.by_idempotency_key(stored_key)
+        record = ([earlier.id], earlier.request_digest) if earlier else self.jobs.remembered_key(
+            stored_key)
+        if record is None:
+            return None
+        jobs = [self.jobs.get(job_id) for job_id in record[0]]
+        if not jobs or any(job is None for job in jobs):
+            return None
+        if record[1] not in (None, digest):
             raise ApiError(409, "this Idempotency-Key was used for a different request; use a "
                            "new key for a new request", param="Idempotency-Key",
                            code="idempotency_key_reused")
-        return earlier
+        return jobs
 
-    def enqueue_batch(self, prepared: list[Prepared]) -> list[Job]:
-        """Queue all of them or none (429 when a task's queue has no room for its share)."""
+    def enqueue_batch(self, prepared: list[Prepared],
+                      idempotency_key: str | None = None) -> list[Job]:
+        """Queue all of them or none (429 when a task's queue has no room for its share); a
+        retry with the same Idempotency-Key gets the same jobs."""
+        owner = prepared[0].owner if prepared else None
+        stored_key = scoped_key(idempotency_key, owner) if idempotency_key else None
+        digest = batch_digest(prepared)
+        if stored_key:
+            answered = self._answered(stored_key, digest)
+            if answered is not None:
+                return answered
         for task in {p.task for p in prepared}:
             share = sum(1 for p in prepared if p.task == task)
             self.runner.admit(task, self.spec_for(task).max_queued_requests, share)
-        return [self.enqueue(p)[0] for p in prepared]
+        jobs = [self.enqueue(p)[0] for p in prepared]
+        if stored_key:
+            self.jobs.remember_key(stored_key, [job.id for job in jobs], digest)
+        return jobs
 
     async def submit(self, request: GenerateVideoRequest, idempotency_key: str | None = None,
                      owner: str | None = None) -> tuple[Job, bool]:
@@ -272,8 +306,11 @@ class VideoService:
 
     def page(self, limit: int, after: str | None, order: str,
              owner: str | None = None) -> tuple[list[Job], bool]:
-        if after is not None and self.get(after, owner) is None:
-            return [], False  # paging from another key's job shows nothing
+        if after and self.get(after, owner) is None:
+            # An empty page would read as the end of the list. Another key's job is answered
+            # the same as one that never existed.
+            raise ApiError(400, "after: no video with this id in the list; pass the last_id "
+                           "of a page", param="after", code="invalid_cursor")
         return self.jobs.page(limit, after, order, owner)
 
     def queue_position(self, job: Job) -> int | None:
@@ -301,6 +338,9 @@ class VideoService:
             job = await self._wait_or_drain(job.id)
         finally:
             self._waiting.discard(job.id)
+        if job.status == "failed" and job.error_code == MODEL_UNLOADED:
+            raise ApiError(503, f"job {job.id} did not run: {job.error}", type="server_error",
+                           code=MODEL_UNLOADED, headers={"Retry-After": str(UNLOADED_RETRY_S)})
         if job.status == "failed":
             raise ApiError(500, f"job {job.id} failed: {job.error}", type="server_error",
                            code="generation_failed")

@@ -21,7 +21,13 @@ from videoserve.errors import ApiError
 from videoserve.jobs import Job
 from videoserve.schemas import GenerateVideoRequest, VideoCreateRequest
 
-SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+SIZE = re.compile(r"^\s*([0-9]+)\s*[xX×]\s*([0-9]+)\s*$")
+# More digits than any accepted size has; longer numbers are refused before int() sees them
+# (int() of thousands of digits raises, and costs time).
+SIZE_DIGITS = 5
+# The forms of OpenAI's input_reference understood here: an image (data URL or base64), as a
+# string or as {"image_url": ...} / {"url": ...}. Uploaded file ids are not.
+REFERENCE_KEYS = ("image_url", "url")
 
 
 # Multipart form fields arrive as text; these become integers before (strict) validation.
@@ -58,9 +64,7 @@ async def read_create_body(request: Request) -> dict[str, Any]:
 
 def parse_create(fields: dict[str, Any], loc: tuple = ("body",)) -> VideoCreateRequest:
     """Validate a create body; errors are 422s naming the field (``loc`` prefixes it)."""
-    reference = fields.pop("input_reference", None)
-    if isinstance(reference, dict):
-        reference = reference.get("image_url") or reference.get("url")
+    reference = reference_image(fields.pop("input_reference", None))
     if reference is not None:
         if fields.get("image"):
             raise ApiError(422, "give either input_reference or image", param="input_reference")
@@ -70,6 +74,33 @@ def parse_create(fields: dict[str, Any], loc: tuple = ("body",)) -> VideoCreateR
     except ValidationError as exc:
         errors = [{**e, "loc": (*loc, *e["loc"])} for e in exc.errors()]
         raise RequestValidationError(errors) from None
+
+
+def reference_image(reference: Any) -> str | None:
+    """The image of an ``input_reference``; 422 for a form this service does not take (a file
+    id, say), rather than a video made without it."""
+    if reference is None:
+        return None
+    if isinstance(reference, dict) and len(reference) == 1 and set(reference) < set(
+            REFERENCE_KEYS):
+        reference = next(iter(reference.values()))
+    if isinstance(reference, str) and reference:
+        return reference
+    raise ApiError(422, "input_reference must be an image: a data URL or base64 string, or "
+                   '{"image_url": ...}; file ids are not supported', param="input_reference",
+                   code="unsupported_input_reference")
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """(width, height) of a ``WIDTHxHEIGHT`` size."""
+    match = SIZE.match(size)
+    if not match:
+        raise ApiError(422, "size must look like WIDTHxHEIGHT, e.g. 832x480", param="size",
+                       code="invalid_value")
+    if any(len(number.lstrip("0")) > SIZE_DIGITS for number in match.groups()):
+        raise ApiError(422, "size: width and height must be at most 4096", param="size",
+                       code="invalid_value")
+    return int(match.group(1)), int(match.group(2))
 
 
 def to_generate_request(create: VideoCreateRequest,
@@ -89,10 +120,7 @@ def to_generate_request(create: VideoCreateRequest,
             raise ApiError(422, f"model {create.model!r} is not a {task} model", param="model")
         task = fields["model_type"] = matches[0]
     if create.size is not None:
-        match = SIZE.match(create.size)
-        if not match:
-            raise ApiError(422, "size must look like WIDTHxHEIGHT, e.g. 832x480", param="size")
-        fields["width"], fields["height"] = int(match.group(1)), int(match.group(2))
+        fields["width"], fields["height"] = parse_size(create.size)
     if create.seconds is not None:
         if create.num_frames is not None:
             raise ApiError(422, "give either seconds or num_frames", param="seconds")
@@ -135,7 +163,7 @@ def video_object(job: Job, queue_position: int | None = None,
         percent = 0
     error = None
     if job.status in ("failed", "cancelled"):
-        code = "generation_failed" if job.status == "failed" else "cancelled"
+        code = (job.error_code or "generation_failed") if job.status == "failed" else "cancelled"
         error = {"code": code, "message": job.error or f"the job was {job.status}"}
     elif job.error:  # a retried job says why it was retried
         error = {"code": "retried", "message": job.error}

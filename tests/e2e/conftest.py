@@ -15,6 +15,7 @@ SCREENSHOTS = REPO / "test-output" / "screenshots"
 # The backend requires this key; the UI is given it (a second key shows its jobs are private).
 API_KEY = "e2e-key-one"
 OTHER_KEY = "e2e-key-two"
+ADMIN_KEY = "e2e-key-admin"  # switches models (the UI's key may not)
 
 
 @dataclass
@@ -36,7 +37,8 @@ def e2e_backend(serve_cluster, tmp_path_factory) -> str:
     specs = build_specs("tiny", gpu_count=0)
     specs["i2v"] = replace(specs["i2v"], engine="fastvideo")
     settings = Settings(models=specs, output_path=tmp_path_factory.mktemp("e2e-out"),
-                        api_keys=(API_KEY, OTHER_KEY))
+                        api_keys=(API_KEY, OTHER_KEY), admin_api_keys=(ADMIN_KEY,),
+                        model_dir=tmp_path_factory.getbasetemp())
     deploy(settings, "e2e", "/e2e")
     url = serve_cluster.url + "/e2e"
     # serve.run returns once the replicas are up; the models must answer "ready" too.

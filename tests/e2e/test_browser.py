@@ -30,8 +30,10 @@ SMALL = {"frames": 5, "height": 48, "width": 80, "steps": 2}
 # more (decoding 33 frames), but is cancelled while it denoises.
 WATCH = {"frames": 9, "height": 256, "width": 256, "steps": 50}
 CANCEL = {"frames": 33, "height": 256, "width": 256, "steps": 50}
-# The fastvideo engine (I2V tab) on the CPU shim: ~0.1 s a step at this size.
-FASTVIDEO_WATCH = {"frames": 9, "height": 128, "width": 128, "steps": 30}
+# The fastvideo engine (I2V tab) on the CPU shim: ~0.1 s a step at this size; 50 steps of 17
+# frames, so the UI's progress polls see several steps even on a loaded machine (30 steps of 9
+# frames once showed only one).
+FASTVIDEO_WATCH = {"frames": 17, "height": 128, "width": 128, "steps": 50}
 
 VIDEO_LOADED = """id => {
     const video = document.querySelector(`#${id} video`);
@@ -313,7 +315,7 @@ def test_history_reuses_settings(page, ui_server):
 
 
 def test_tabs_show_the_model_and_follow_a_switch(page, ui_server, tmp_path):
-    from tests.e2e.conftest import API_KEY
+    from tests.e2e.conftest import ADMIN_KEY, API_KEY
     from videoserve.tiny_models import build_model
 
     t2v_line, i2v_line = page.locator("#t2v-model"), page.locator("#i2v-model")
@@ -324,7 +326,7 @@ def test_tabs_show_the_model_and_follow_a_switch(page, ui_server, tmp_path):
     page.get_by_role("tab", name="Text-to-Video").click()
 
     other = build_model("t2v", tmp_path, "tiny", seed=1)
-    headers = {"Authorization": f"Bearer {API_KEY}"}
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
     url = ui_server.backend_url + "/v1/models/t2v"
     try:
         answer = requests.put(url, json={"model": str(other)}, headers=headers, timeout=30)

@@ -12,6 +12,7 @@ from videoserve.config import Settings, build_specs
 
 APP = "keyed"
 KEY_A, KEY_B = "key-alice-0123456789", "key-bob-9876543210"
+ADMIN = "key-admin-5555555555"
 SMALL = {"num_frames": 5, "height": 16, "width": 16, "num_inference_steps": 1}
 
 
@@ -20,7 +21,8 @@ def keyed(serve_cluster, tmp_path_factory):
     from videoserve.deployments import deploy, undeploy
 
     settings = Settings(models=build_specs("tiny", gpu_count=0, tasks=("t2v",)),
-                        output_path=tmp_path_factory.mktemp("keyed"), api_keys=(KEY_A, KEY_B))
+                        output_path=tmp_path_factory.mktemp("keyed"), api_keys=(KEY_A, KEY_B),
+                        admin_api_keys=(ADMIN,))
     deploy(settings, APP, f"/{APP}")
     yield f"{serve_cluster.url}/{APP}", settings
     undeploy(APP)
@@ -77,9 +79,10 @@ def test_jobs_belong_to_their_key(keyed):
                                 timeout=30).status_code == 404
     listed_b = requests.get(url + "/v1/videos", headers=auth(KEY_B), timeout=30).json()
     assert job_a["id"] not in [j["id"] for j in listed_b["data"]]
+    # Paging from another key's job: the answer for an id that does not exist.
     after = requests.get(url + f"/v1/videos?after={job_a['id']}&order=asc", headers=auth(KEY_B),
-                         timeout=30).json()
-    assert after["data"] == []
+                         timeout=30)
+    assert after.status_code == 400 and after.json()["error"]["code"] == "invalid_cursor"
     listed_a = requests.get(url + "/v1/videos", headers=auth(KEY_A), timeout=30).json()
     assert job_a["id"] in [j["id"] for j in listed_a["data"]]
     # Neither the result cache nor an Idempotency-Key crosses keys.
@@ -116,3 +119,23 @@ def test_openai_sdk_with_two_keys(keyed):
     assert alice.videos.delete(video.id).deleted is True
     print(f"openai SDK: key A created and downloaded {video.id}; key B got 404 for retrieve, "
           "download and delete and does not list it; a wrong key got 401")
+
+
+def test_only_admin_keys_manage_models(keyed):
+    url, _ = keyed
+    for method in ("PUT", "DELETE"):
+        for path in ("/v1/models/t2v", "/v1/models/i2v"):
+            answer = requests.request(method, url + path, headers=auth(KEY_A), timeout=30,
+                                      json={"replicas": 1} if method == "PUT" else None)
+            assert answer.status_code == 403, (method, path, answer.text)
+            assert answer.json()["error"]["code"] == "admin_key_required"
+    # The same model and replicas: nothing to change, but the admin key is let through.
+    answer = requests.put(url + "/v1/models/t2v", json={"replicas": 1}, headers=auth(ADMIN),
+                          timeout=30)
+    assert answer.status_code == 202 and answer.json()["state"] == "running", answer.text
+    created = requests.post(url + "/v1/videos", json={"prompt": "by the admin", **SMALL},
+                            headers=auth(ADMIN), timeout=30)
+    assert created.status_code == 200, created.text
+    assert wait_done(url, created.json()["id"], ADMIN)["status"] == "completed"
+    assert requests.get(f"{url}/v1/videos/{created.json()['id']}", headers=auth(KEY_A),
+                        timeout=30).status_code == 404  # the admin's jobs are its own too

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import random
+import select
 import socket
 import threading
 import time
@@ -27,6 +28,9 @@ from videoserve.media import MediaError, fitted_png, image_size
 APP = "hostile"
 ALLOWED_ORIGIN = "http://allowed.example"
 SMALL = {"num_frames": 5, "height": 16, "width": 16, "num_inference_steps": 1}
+# The time a 32 MiB body may take (60 s by default): short, so that slow uploads end soon.
+BODY_TIMEOUT_S = 10.0
+REBINDING_HOST = "rebind.attacker.example"
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +40,8 @@ def hostile(serve_cluster, tmp_path_factory):
     specs = {task: replace(spec, max_queued_requests=1000)
              for task, spec in build_specs("tiny", gpu_count=0).items()}
     settings = Settings(models=specs, output_path=tmp_path_factory.mktemp("hostile"),
-                        cors_origins=(ALLOWED_ORIGIN,))
+                        cors_origins=(ALLOWED_ORIGIN,), body_timeout_s=BODY_TIMEOUT_S,
+                        body_min_timeout_s=2.0)
     deploy(settings, APP, f"/{APP}")
     url = f"{serve_cluster.url}/{APP}"
     prepare_inputs(settings, tmp_path_factory.mktemp("outside"))
@@ -266,6 +271,11 @@ def build_cases() -> list[tuple[str, tuple, tuple[int, ...]]]:
     add("batch_too_many", post_json("/v1/videos/batch", {"requests": [{"prompt": "x"}] * 65}),
         (422,))
     add("batch_empty", post_json("/v1/videos/batch", {"requests": []}), (422,))
+    # No keys and no --allow_model_management: nobody manages models, and no path is probed.
+    for model in ("/etc/shadow", "/nonexistent", "/usr"):
+        add(f"switch_to_{model}", raw("PUT", "/v1/models/t2v", json.dumps({"model": model}),
+                                      **json_type), (403,))
+    add("unload_without_keys", raw("DELETE", "/v1/models/i2v"), (403,))
     add("body_too_large", raw("POST", "/v1/videos", None, **json_type,
                               **{"content-length": str(2**40)}), (413,))
     add("idempotency_key_too_long", post_json("/v1/videos", {"prompt": "x"}, headers={
@@ -298,6 +308,72 @@ def build_cases() -> list[tuple[str, tuple, tuple[int, ...]]]:
 CASES = build_cases()
 
 
+def rebinding_cases() -> list[tuple[str, tuple, tuple[int, ...]]]:
+    """Every route reached by a name an attacker pointed at this server (DNS rebinding), with
+    and without the Origin of the attacker's page: 421 before any route runs."""
+    video = "/v1/videos/video_" + "0" * 24
+    routes = [("GET", "/health"), ("GET", "/ready"), ("GET", "/v1/models"),
+              ("PUT", "/v1/models/x2v"), ("DELETE", "/v1/models/x2v"), ("GET", "/v1/videos"),
+              ("POST", "/v1/videos"), ("POST", "/v1/videos/batch"), ("POST", "/generate_video"),
+              ("GET", video), ("GET", video + "/content"), ("DELETE", video),
+              ("POST", video + "/cancel"), ("GET", "/videos/x/video.mp4"), ("GET", "/docs"),
+              ("GET", "/openapi.json"), ("GET", "/metrics"), ("OPTIONS", "/v1/videos"),
+              ("GET", "/nope")]
+    host = f"{REBINDING_HOST}:8000"
+    cases = []
+    for origin in (None, f"http://{host}"):
+        for method, path in routes:
+            headers = {"host": host, "content-type": "application/json",
+                       **({"origin": origin} if origin else {})}
+            name = f"rebinding_{'origin_' if origin else ''}{method}_{path[:40]}"
+            cases.append((name, raw(method, path, b'{"prompt": "x"}', **headers), (421,)))
+    for other in (f"{REBINDING_HOST}.", "127.0.0.1.nip.io", "localhost.attacker.example:8000",
+                  "[::1]:8000.evil", "evil@127.0.0.1"):
+        cases.append((f"rebinding_host_{other}", raw("GET", "/v1/videos", host=other), (421,)))
+    return cases
+
+
+CASES += rebinding_cases()
+
+
+def coded_cases() -> dict[str, tuple[tuple, int, str]]:
+    """Mistakes that must also name what was wrong: name -> (request, status, error code)."""
+    invisible = "\u200b\u200c\u200d\u2060\ufeff"
+    huge = "1" * 5000  # past int()'s 4300-digit limit
+    cases = {
+        "size_5000_digits": (post_json("/v1/videos", {"prompt": "x", "size": "16x" + huge}),
+                             422, "invalid_value"),
+        "size_5000_digits_batch": (post_json("/v1/videos/batch", {"requests": [
+            {"prompt": "x", "size": huge + "x16"}]}), 422, "invalid_value"),
+        "list_limit_5000_digits": (raw("GET", "/v1/videos?limit=" + huge), 422,
+                                   "invalid_value"),
+        "list_after_unknown_id": (raw("GET", "/v1/videos?after=video_" + "0" * 24), 400,
+                                  "invalid_cursor"),
+        "list_after_not_an_id": (raw("GET", "/v1/videos?after=nonsense&order=asc"), 400,
+                                 "invalid_cursor"),
+    }
+    for name, reference in (("file_id", {"file_id": "file_123"}), ("number", 5),
+                            ("null_url", {"image_url": None})):
+        cases[f"input_reference_{name}"] = (post_json("/v1/videos", {
+            "prompt": "x", "input_reference": reference}), 422, "unsupported_input_reference")
+    cases["input_reference_file_id_batch"] = (post_json("/v1/videos/batch", {"requests": [
+        {"prompt": "x", "input_reference": {"file_id": "file_123"}}]}), 422,
+        "unsupported_input_reference")
+    for route, body in (("/v1/videos", {"prompt": invisible}),
+                        ("/generate_video", {"prompt": invisible, **SMALL}),
+                        ("/v1/videos/batch", {"requests": [{"prompt": " \u2063\u3164 "}]})):
+        cases[f"prompt_invisible{route}"] = (post_json(route, body), 422, "invalid_value")
+    return cases
+
+
+CODED = coded_cases()
+CASES += [(name, request, (status,)) for name, (request, status, _) in CODED.items()]
+CASES += [(f"json_number_5000_digits{route}", raw(
+    "POST", route, b'{"prompt": "x", "seed": ' + b"1" * 5000 + b"}",
+    **{"content-type": "application/json"}), (400, 422))
+    for route in ("/generate_video", "/v1/videos", "/v1/videos/batch")]
+
+
 def send(url: str, request: tuple) -> requests.Response:
     method, path, kwargs = request
     return requests.request(method, url + path, timeout=60, **kwargs)
@@ -307,8 +383,10 @@ def send(url: str, request: tuple) -> requests.Response:
 def test_hostile_request_is_a_4xx_json_error(hostile, name, request_, allowed):
     url, settings = hostile
     response = send(url, request_)
-    check_client_error(response, allowed)
+    error = check_client_error(response, allowed)
     check_no_internals(response.text, settings)
+    if name in CODED:
+        assert error["code"] == CODED[name][2], error
 
 
 def test_case_count():
@@ -321,6 +399,7 @@ def test_case_count():
     ("bytes=100-50", 400), ("bytes=999999999-", 416), ("bytes=999999999-1000000000", 416),
     ("items=0-1", 400), ("bytes", 400), ("bytes=abc-def", 400), ("bytes=-", 400),
     ("bytes=" + ",".join(["0-1"] * 5), 206), ("bytes=0-1,9999999-", 416),
+    pytest.param("bytes=" + "9" * 5000 + "-", 400, id="bytes=5000_digits-"),
 ])
 def test_range_errors_are_json(hostile, finished_video, range_, status):
     url, _ = hostile
@@ -368,6 +447,40 @@ def test_idempotency_key_reused_with_another_body_is_409(hostile):
     assert check_client_error(other, (409,))["code"] == "idempotency_key_reused"
 
 
+def test_idempotency_key_answered_from_the_cache_is_kept(hostile):
+    url, _ = hostile
+    body = {"prompt": "cached once", "seed": 11, **SMALL}
+    done = requests.post(url + "/generate_video", json=body, timeout=120)
+    assert done.status_code == 200, done.text
+    headers = {"Idempotency-Key": f"cached-{time.time()}"}
+    hit = requests.post(url + "/v1/videos", json=body, headers=headers, timeout=30)
+    assert hit.status_code == 200 and hit.json()["cached"] is True, hit.text
+    assert hit.json()["id"] == done.json()["id"]
+    again = requests.post(url + "/v1/videos", json=body, headers=headers, timeout=30)
+    assert again.status_code == 200 and again.json()["id"] == done.json()["id"]
+    other = requests.post(url + "/v1/videos", json={**body, "prompt": "another"},
+                          headers=headers, timeout=30)
+    assert check_client_error(other, (409,))["code"] == "idempotency_key_reused", other.text
+
+
+def test_batch_honours_idempotency_key(hostile):
+    url, _ = hostile
+    headers = {"Idempotency-Key": f"batch-{time.time()}"}
+    batch = {"requests": [{"prompt": "batch one", **SMALL}, {"prompt": "batch two", **SMALL}]}
+    first = requests.post(url + "/v1/videos/batch", json=batch, headers=headers, timeout=30)
+    again = requests.post(url + "/v1/videos/batch", json=batch, headers=headers, timeout=30)
+    assert first.status_code == again.status_code == 200, (first.text, again.text)
+    assert again.json()["ids"] == first.json()["ids"]
+    other = requests.post(url + "/v1/videos/batch", json={"requests": batch["requests"][:1]},
+                          headers=headers, timeout=30)
+    assert check_client_error(other, (409,))["code"] == "idempotency_key_reused", other.text
+    single = requests.post(url + "/v1/videos", json=batch["requests"][0], headers=headers,
+                           timeout=30)
+    assert check_client_error(single, (409,))["code"] == "idempotency_key_reused"
+    for job_id in first.json()["ids"]:
+        requests.delete(f"{url}/v1/videos/{job_id}", timeout=30)
+
+
 def test_cors_headers_only_for_allowed_origins(hostile):
     url, _ = hostile
     preflight = requests.options(url + "/v1/videos", timeout=30, headers={
@@ -392,6 +505,138 @@ def test_cors_headers_only_for_allowed_origins(hostile):
     assert check_client_error(text_plain, (415,))["code"] == "unsupported_media_type"
     print("CORS: text/plain POST 415, evil Origin 403, allowed origin gets "
           f"access-control-allow-origin {allowed.headers['access-control-allow-origin']}")
+
+
+# -- DNS rebinding, slow uploads, downloads racing a delete -----------------------------------
+
+def test_rebinding_requests_never_reach_a_video(hostile, serve_cluster, finished_video):
+    url, _ = hostile
+    job_id, size = finished_video
+    port = serve_cluster.port
+    rebound = f"{REBINDING_HOST}:{port}"
+    content = f"{url}/v1/videos/{job_id}/content"
+    for origin in (None, f"http://{rebound}"):
+        headers = {"Host": rebound, **({"Origin": origin} if origin else {})}
+        for method, target in (("GET", url + "/v1/videos"), ("GET", content),
+                               ("DELETE", f"{url}/v1/videos/{job_id}"), ("GET", url + "/health")):
+            response = requests.request(method, target, headers=headers, timeout=30)
+            assert check_client_error(response, (421,))["code"] == "host_not_allowed"
+    for own in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST.:{port}", "127.0.0.1"):
+        response = requests.get(content, headers={"Host": own}, timeout=30)
+        assert response.status_code == 200 and len(response.content) == size, own
+
+
+def slow_upload(port: int, path: str) -> socket.socket:
+    """A connection that declares a 32 MiB body and has sent its first byte."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: "
+                 f"application/json\r\nContent-Length: {32 * 1024 * 1024}\r\n\r\n{{".encode())
+    return sock
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """An HTTP answer with a Content-Length, whole (its head and body may come apart)."""
+    data = b""
+    while True:
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                       if line.startswith(b"content-length:")), None)
+        if length is not None and len(body) >= length:
+            return data
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def trickle_until_answered(sock: socket.socket, limit_s: float) -> bytes:
+    """Send a byte every 0.5 s (never idle for long) until the server answers; its answer."""
+    deadline = time.monotonic() + limit_s
+    with sock:
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([sock], [], [], 0.5)
+            if readable:
+                return read_answer(sock)
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                return b"connection closed without an answer"
+    return b"no answer"
+
+
+def test_slow_uploads_do_not_lock_out_other_clients(hostile, serve_cluster):
+    url, _ = hostile
+    socks = [slow_upload(serve_cluster.port, f"/{APP}/v1/videos") for _ in range(2)]
+    created, times = [], []
+    with ThreadPoolExecutor(2) as pool:
+        slow = [pool.submit(trickle_until_answered, s, BODY_TIMEOUT_S + 30) for s in socks]
+        for round_ in range(4):  # while both slow uploads are sending
+            time.sleep(1.0)
+            start = time.monotonic()
+            response = requests.post(url + "/v1/videos", timeout=30,
+                                     json={"prompt": f"not locked out {round_}", **SMALL})
+            times.append(time.monotonic() - start)
+            assert response.status_code == 200, response.text
+            created.append(response.json()["id"])
+        answers = [future.result() for future in slow]
+    status_lines = [answer.splitlines()[0].decode() for answer in answers]
+    print(f"slow uploads: other client's creates took {[round(t, 2) for t in times]} s; the "
+          f"slow ones got {status_lines}")
+    assert max(times) < 2.0
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert b'"body_timeout"' in answer
+    for job_id in created:
+        requests.delete(f"{url}/v1/videos/{job_id}", timeout=30)
+
+
+def finished_jobs(url: str, count: int) -> list[str]:
+    batch = requests.post(url + "/v1/videos/batch", timeout=60, json={"requests": [
+        {"prompt": f"download race {i}", "seed": i, **SMALL} for i in range(count)]})
+    assert batch.status_code == 200, batch.text
+    ids = batch.json()["ids"]
+    deadline = time.monotonic() + 600
+    for job_id in ids:
+        while (status := requests.get(f"{url}/v1/videos/{job_id}",
+                                      timeout=30).json()["status"]) != "completed":
+            assert status in ("queued", "in_progress") and time.monotonic() < deadline, status
+            time.sleep(0.2)
+    return ids
+
+
+def download(url: str, size: int, ranged: bool) -> str:
+    """'complete', '404', or what went wrong."""
+    try:
+        response = requests.get(url, timeout=30, headers={"Range": "bytes=100-"} if ranged
+                                else {})
+    except requests.RequestException as exc:
+        return f"broken off ({type(exc).__name__})"
+    if response.status_code == 404 and check_error_shape(response)["code"] == "not_found":
+        return "404"
+    expected = (206, size - 100) if ranged else (200, size)
+    if (response.status_code, len(response.content)) == expected:
+        return "complete"
+    return f"HTTP {response.status_code} with {len(response.content)} bytes"
+
+
+def test_downloads_racing_a_delete_complete_or_404(hostile):
+    url, _ = hostile
+    rounds, readers = 40, 14
+    outcomes: dict[str, int] = {}
+    with ThreadPoolExecutor(readers + 1) as pool:
+        for job_id in finished_jobs(url, rounds):
+            content = f"{url}/v1/videos/{job_id}/content"
+            size = int(requests.head(content, timeout=30).headers["content-length"])
+            gets = [pool.submit(download, content, size, i % 2 == 1) for i in range(readers)]
+            delete = pool.submit(requests.delete, f"{url}/v1/videos/{job_id}", timeout=30)
+            for future in gets:
+                outcome = future.result()
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            assert delete.result().status_code == 200
+    print(f"downloads racing a delete ({rounds} rounds of {readers}, half with Range): "
+          f"{outcomes}")
+    assert set(outcomes) <= {"complete", "404"}, outcomes
+    assert sum(outcomes.values()) == rounds * readers
 
 
 # -- malformed HTTP (answered by Serve's proxy, uvicorn, before the app) ---------------------
@@ -652,7 +897,8 @@ def test_ingress_memory_stays_bounded(hostile):
         print(f"ingress RSS, {name}: before {before / mb:.0f} MB, peak {peak / mb:.0f} MB "
               f"(+{(peak - before) / mb:.0f} MB), after {after / mb:.0f} MB; statuses "
               f"{sorted(statuses)}")
-        assert all(s in (200, 422, 503) for s in statuses), statuses
+        # 429: one client address holds at most a share of the bodies' budget.
+        assert all(s in (200, 422, 429, 503) for s in statuses), statuses
         assert peak - before <= 500 * mb
     assert requests.get(url + "/health", timeout=30).ok
 

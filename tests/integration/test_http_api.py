@@ -65,8 +65,10 @@ def test_health_ready_and_models(backend):
     # One local node: the ingress and every replica share it.
     placement = requests.get(url + "/v1/placement", timeout=30).json()
     node = placement["ingress"]["node_id"]
+    # Tiny models on the CPU: no GPU placement to explain.
     assert len(node) == 56 and placement["models"] == {
-        task: {"replicas": [{"node_id": node, "state": "RUNNING"}]} for task in ("t2v", "i2v")}
+        task: {"replicas": [{"node_id": node, "state": "RUNNING"}], "device": "cpu",
+               "speed": "quality"} for task in ("t2v", "i2v")}
 
 
 def test_t2v_video_decodes_to_requested_frames_and_size(backend):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -21,8 +22,10 @@ SLOW = {"model": "t2v", "prompt": "a slow one", "size": "64x64", "num_frames": 9
 def switch_backend(serve_cluster, tmp_path_factory):
     from videoserve.deployments import deploy, undeploy
 
+    # No keys: model management is allowed for loopback clients, from the test's own folders.
     settings = Settings(models=build_specs("tiny", gpu_count=0, tasks=("t2v",)),
-                        output_path=tmp_path_factory.mktemp("switch"))
+                        output_path=tmp_path_factory.mktemp("switch"),
+                        allow_model_management=True, model_dir=tmp_path_factory.getbasetemp())
     deploy(settings, APP, f"/{APP}")
     yield serve_cluster.url + f"/{APP}"
     undeploy(APP)
@@ -89,6 +92,11 @@ def finished(url: str, ids: list[str]) -> list[dict]:
         what="the jobs to finish")
 
 
+def queued_prompt(url: str, prompt: str) -> bool:
+    listed = requests.get(url + "/v1/videos?limit=20", timeout=30).json()["data"]
+    return any(j["prompt"] == prompt and j["status"] == "queued" for j in listed)
+
+
 def test_switch_while_jobs_are_queued(switch_backend, other_t2v):
     from videoserve.deployments import generator_apps
 
@@ -146,12 +154,21 @@ def test_failed_switch_keeps_serving_then_unload_and_reload(switch_backend, tmp_
 
     jobs = [create(url, SLOW)["id"] for _ in range(4)]
     wait(lambda: job(url, jobs[0])["status"] == "in_progress", what="the first job")
-    answer = requests.delete(url + "/v1/models/t2v", timeout=30)
-    assert answer.status_code == 202 and answer.json()["state"] == "unloaded", answer.text
+    with ThreadPoolExecutor(1) as pool:
+        synchronous = pool.submit(requests.post, url + "/generate_video", timeout=120, json={
+            "prompt": "waits for its answer", "height": 64, "width": 64, "num_frames": 9})
+        wait(lambda: queued_prompt(url, "waits for its answer"), 60, "the waiting request")
+        answer = requests.delete(url + "/v1/models/t2v", timeout=30)
+        assert answer.status_code == 202 and answer.json()["state"] == "unloaded", answer.text
+        waited = synchronous.result()
+    assert waited.status_code == 503, waited.text  # not a 500: nothing broke
+    assert waited.json()["error"]["code"] == "model_unloaded"
+    assert int(waited.headers["Retry-After"]) > 0
     ended = finished(url, jobs)
     assert ended[0]["status"] == "completed"  # running: finished on its model
     failed = [j for j in ended if j["status"] == "failed"]
     assert failed and all("unloaded" in j["error"]["message"] for j in failed), ended
+    assert {j["error"]["code"] for j in failed} == {"model_unloaded"}, failed
     refused = requests.post(url + "/v1/videos", json=SLOW, timeout=30)
     assert refused.status_code == 404 and "unloaded" in refused.json()["error"]["message"]
     assert requests.get(url + "/ready", timeout=30).status_code == 503
@@ -176,3 +193,22 @@ def test_model_changes_are_validated(switch_backend):
                         timeout=30).status_code == 404  # not started with an i2v model
     assert requests.put(url + "/v1/models/x2v", json={"replicas": 1},
                         timeout=30).status_code == 422
+
+
+def test_paths_outside_model_dir_are_refused_alike_and_ready_stays_up(switch_backend):
+    url = switch_backend
+    before = t2v_model(url)
+    # Files, a missing path, a folder without config.json, an escape by "..".
+    names = ["/etc/shadow", "/etc/passwd", "/nonexistent/model", "/usr",
+             "../../../../etc/hostname"]
+    with ReadyWatch(url) as ready:
+        answers = [requests.put(url + "/v1/models/t2v", json={"model": name}, timeout=30)
+                   for name in names]
+    assert [a.status_code for a in answers] == [403] * len(names), [a.text for a in answers]
+    # The same answer whatever is (or is not) at the path.
+    assert len({a.text for a in answers}) == 1, [a.text for a in answers]
+    assert answers[0].json()["error"]["code"] == "model_not_allowed"
+    assert set(ready.codes) == {200} and ready.codes, ready.codes
+    after = t2v_model(url)
+    assert (after["id"], after["generation"]) == (before["id"], before["generation"])
+    assert after["state"] == "running" and "switching_to" not in after

@@ -208,3 +208,94 @@ def test_launcher_forwards_sp_size():
     command = backend_command(launcher_parser().parse_args(["--i2v_sp_size", "2"]))
     assert command[command.index("--i2v_sp_size") + 1] == "2"
     assert "--t2v_sp_size" not in command
+
+
+class Started(Exception):
+    """Raised by a stand-in for ``start``: the backend got as far as starting Ray."""
+
+
+def refuse_to_start(*args, **kwargs):
+    raise Started
+
+
+def test_admin_keys_from_flags_and_environment_and_non_ascii_keys_refused(monkeypatch, capsys):
+    monkeypatch.setenv("VIDEOSERVE_ADMIN_API_KEYS", "a2, a1")
+    args = build_parser().parse_args(["--preset", "tiny", "--api_key", "u1",
+                                      "--admin_api_key", "a1", "--model_dir", "/data/models"])
+    settings = settings_from_args(args)
+    assert settings.api_keys == ("u1",) and settings.admin_api_keys == ("a1", "a2")
+    assert "a1" not in repr(settings) and str(settings.model_dir) == "/data/models"
+    monkeypatch.setattr("videoserve.backend_cli.start", refuse_to_start)
+    for flag in ("--api_key", "--admin_api_key"):
+        assert main(["--preset", "tiny", flag, "clé-secrète"]) == 2
+        err = capsys.readouterr().err
+        assert flag in err and "printable ASCII" in err and "clé" not in err, err
+
+
+def test_model_management_without_keys_only_on_loopback(monkeypatch, capsys, tmp_path):
+    monkeypatch.delenv("VIDEOSERVE_API_KEYS", raising=False)
+    monkeypatch.setattr("videoserve.backend_cli.start", refuse_to_start)
+    base = ["--preset", "tiny", "--output_path", str(tmp_path), "--allow_model_management"]
+    assert main([*base, "--host", "0.0.0.0"]) == 2
+    assert "--allow_model_management needs a loopback --host" in capsys.readouterr().err
+    assert main([*base, "--api_key", "k"]) == 2
+    assert "--admin_api_key" in capsys.readouterr().err
+    with pytest.raises(Started):
+        main([*base, "--host", "127.0.0.1", "--port", "1"])  # gets as far as starting Ray
+    args = build_parser().parse_args(base)
+    assert settings_from_args(args).allow_model_management is True
+
+
+def test_launcher_passes_admin_keys_in_the_environment_and_forwards_the_switches():
+    from videoserve.launcher import backend_command, key_environments
+    from videoserve.launcher import build_parser as launcher_parser
+
+    args = launcher_parser().parse_args(["--admin_api_key", "adm-1", "--recover_jobs",
+                                         "--model_dir", "/data/models"])
+    backend_env, ui_env = key_environments(args)
+    assert backend_env == {"VIDEOSERVE_ADMIN_API_KEYS": "adm-1"}
+    assert ui_env == {"VIDEOSERVE_API_KEY": "adm-1"}  # the UI needs some key
+    command = backend_command(args)
+    assert "adm-1" not in " ".join(command) and "--recover_jobs" in command
+    assert command[command.index("--model_dir") + 1] == "/data/models"
+    assert "--allow_model_management" not in command
+
+
+def test_a_damaged_job_table_stops_the_backend_before_ray_starts(tmp_path, monkeypatch, capsys):
+    from tests.unit.test_job_table import page_corrupted
+
+    path = page_corrupted(tmp_path)
+    damaged = path.read_bytes()
+    monkeypatch.setattr("videoserve.backend_cli.start", refuse_to_start)
+    assert main(["--preset", "tiny", "--output_path", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"the job table {path} is damaged" in err and "--recover_jobs" in err, err
+    assert path.read_bytes() == damaged
+
+
+def test_recover_jobs_saves_the_readable_rows_then_starts(tmp_path, monkeypatch, caplog):
+    from tests.unit.test_job_table import JOBS, page_corrupted
+
+    path = page_corrupted(tmp_path)
+    monkeypatch.setattr("videoserve.backend_cli.start", refuse_to_start)
+    with caplog.at_level("WARNING"), pytest.raises(Started):
+        main(["--preset", "tiny", "--output_path", str(tmp_path), "--recover_jobs",
+              "--port", "1"])
+    assert f"recovered the job table {path}: {JOBS - 1} jobs saved" in caplog.text, caplog.text
+    assert len(list(tmp_path.glob("jobs.sqlite3.damaged-*[0-9]"))) == 1
+
+
+def test_the_backend_entry_point_refuses_a_truncated_job_table(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.unit.test_job_table import truncated
+
+    path = truncated(tmp_path)
+    done = subprocess.run([sys.executable, str(REPO / "ray_serve_backend.py"), "--preset", "tiny",
+                           "--output_path", str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert f"error: the job table {path} is damaged" in done.stderr, done.stderr
+    assert "move it aside" in done.stderr and "Traceback" not in done.stderr

@@ -9,7 +9,7 @@ import pytest
 from videoserve.errors import ApiError
 from videoserve.jobs import InvalidTransition, Job, JobStore, new_job_id
 from videoserve.protocol import Cancelled, Failed, Progress, Result, SamplingParams, Started
-from videoserve.runner import JobRunner
+from videoserve.runner import JobObserver, JobRunner
 
 PARAMS = SamplingParams(prompt="p", negative_prompt="", seed=1, guidance_scale=1.0,
                         num_frames=5, height=16, width=16, num_inference_steps=3, fps=8)
@@ -266,3 +266,61 @@ def test_a_cancel_the_generator_ignores_ends_the_stream(tmp_path, monkeypatch):
     job, running = asyncio.run(main())
     assert job.status == "cancelled" and job.cancellation["stopped_at_step"] == 0
     assert running == 0  # the stream was closed
+
+
+class Finals(JobObserver):
+    def __init__(self) -> None:
+        self.final: list[str] = []
+
+    def on_final(self, job: Job) -> None:
+        self.final.append(job.id)
+
+
+def test_jobs_failed_by_an_unload_are_reported_final_with_a_code(tmp_path):
+    fake, observer = FakeGenerators(capacity=0), Finals()
+    runner = JobRunner(JobStore(tmp_path / "jobs.sqlite3"), fake.dispatch, fake.capacity,
+                       lambda job: None, lambda job, result: {}, observer=observer)
+    queued = [add(runner), add(runner)]
+    assert runner.fail_queued("t2v", "the t2v model was unloaded") == 2
+    assert observer.final == [job.id for job in queued]  # the jobs metric counts them
+    for job in queued:
+        failed = runner.store.get(job.id)
+        assert failed.status == "failed" and failed.error_code == "model_unloaded"
+        assert "unloaded" in failed.error
+
+
+def test_a_job_queued_for_a_task_without_a_model_fails_at_once(tmp_path):
+    async def main():
+        fake, loaded = FakeGenerators(), {"t2v": False}
+        runner = JobRunner(JobStore(tmp_path / "jobs.sqlite3"), fake.dispatch, fake.capacity,
+                           lambda job: None, lambda job, result: {},
+                           has_model=lambda task: loaded[task])
+        runner.start(("t2v",))
+        job = runner.submit(Job(id=new_job_id(), task="t2v", model="m", engine="e",
+                                synthetic=True, params=PARAMS, total_steps=3))
+        await until(lambda: finished(runner, job), timeout=3)
+        runner.stop()
+        return runner.store.get(job.id), fake.started
+    job, started = asyncio.run(main())
+    assert job.status == "failed" and job.error_code == "model_unloaded" and started == []
+
+
+def test_a_job_lost_after_its_model_was_unloaded_is_not_queued_again(tmp_path):
+    async def main():
+        fake, loaded = FakeGenerators(), {"t2v": True}
+        fake.gate.clear()
+        runner = JobRunner(JobStore(tmp_path / "jobs.sqlite3"), fake.dispatch, fake.capacity,
+                           lambda job: None, lambda job, result: {},
+                           has_model=lambda task: loaded[task])
+        job = add(runner)
+        fake.scripts[job.id] = ConnectionError("replica died")
+        runner.start(("t2v",))
+        await until(lambda: fake.started == [job.id])
+        loaded["t2v"] = False  # unloaded while the job runs; then its replica dies
+        fake.gate.set()
+        await until(lambda: finished(runner, job), timeout=3)
+        runner.stop()
+        return runner.store.get(job.id), fake.started
+    job, started = asyncio.run(main())
+    assert job.status == "failed" and job.error_code == "model_unloaded", job
+    assert started == [job.id]

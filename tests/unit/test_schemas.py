@@ -64,3 +64,17 @@ def test_floats_take_integers():
     from videoserve.schemas import GenerateVideoRequest
 
     assert GenerateVideoRequest(prompt="x", guidance_scale=2).guidance_scale == 2.0
+
+
+@pytest.mark.parametrize("prompt", ["\u200b", "\u200b\u200c\u200d\u2060\ufeff", "\u200e\u200f",
+                                    " \u2063 \u00ad ", "\u3164\u3164", "\u2800", "\u0301\ufe0f",
+                                    "\x00\x01"])
+def test_prompts_with_no_visible_characters_are_refused(prompt):
+    with pytest.raises(ValidationError) as info:
+        GenerateVideoRequest(prompt=prompt)
+    assert info.value.errors()[0]["loc"] == ("prompt",)
+
+
+@pytest.mark.parametrize("prompt", ["a\u200b", "猫", "🐈", "é", "\u200bx\u200b", "١"])
+def test_prompts_with_something_visible_are_accepted(prompt):
+    assert GenerateVideoRequest(prompt=prompt).prompt == prompt
