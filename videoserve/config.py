@@ -228,7 +228,7 @@ def place(specs: dict[Task, ModelSpec], gpu_count: int,
     """
     # Tiny random-weight models stay on the CPU under the diffusers engine; everything else that
     # can use a GPU gets one.
-    gpu_specs = [t for t, s in specs.items() if s.engine == "fastvideo" or not s.synthetic]
+    gpu_specs = [t for t, s in specs.items() if s.engine == "fastvideo" or not is_tiny(s)]
     needed = sum(specs[t].replicas * sp_size(specs[t]) for t in gpu_specs)
     whole = gpu_count >= needed
     if not whole and any(sp_size(specs[t]) > 1 for t in gpu_specs):
@@ -248,7 +248,7 @@ def place(specs: dict[Task, ModelSpec], gpu_count: int,
         if spec.engine == "fastvideo":
             options = {**NO_OFFLOAD, **options}
             if share < 1.0 and not verdict.fits:
-                if task == "i2v" and not spec.synthetic:
+                if task == "i2v" and not is_tiny(spec):
                     options.update(text_encoder_cpu_offload=True, dit_layerwise_offload=True)
                 options.pop("vae_compile", None)
         num_gpus = float(sp_size(spec)) if whole else share
@@ -275,6 +275,12 @@ USABLE_FRACTION = 0.92
 class Fit:
     fits: bool
     reason: str
+
+
+def is_tiny(spec: ModelSpec) -> bool:
+    """A random-weight model of no real architecture (the tiny ones): it runs on a CPU and needs
+    no offload. Full-size random-weight folders are synthetic but placed as the real models."""
+    return spec.synthetic and gpu_need_gib(spec) is None
 
 
 def gpu_need_gib(spec: ModelSpec) -> float | None:
@@ -393,6 +399,17 @@ def parse_resources(text: str) -> dict[str, float]:
     return resources
 
 
+def is_synthetic(model: str) -> bool:
+    """Random-weight models: the built-in tiny ids and folders the model builder marked (its
+    SYNTHETIC.txt), full-size ones included: their output is noise."""
+    if model in TINY_MODEL_IDS.values():
+        return True
+    try:
+        return (Path(model).expanduser() / "SYNTHETIC.txt").is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def build_specs(
     preset: str,
     engine: EngineName | None = None,
@@ -425,6 +442,7 @@ def build_specs(
             changes["engine"] = engine
         if overrides[task]:
             changes["model"] = overrides[task]
+            changes["synthetic"] = is_synthetic(overrides[task])
         specs[task] = replace(spec, **changes)
     specs = {t: s for t, s in specs.items() if t in tasks}
     for task, size in (sp_sizes or {}).items():

@@ -43,6 +43,7 @@ from videoserve.config import (
     SamplingDefaults,
     Task,
     fastvideo_cpu_allowed,
+    is_synthetic,
 )
 from videoserve.errors import ApiError, public_reason
 from videoserve.media import write_atomic
@@ -91,16 +92,6 @@ def spec_from_dict(data: dict[str, Any]) -> ModelSpec:
     data["limits"] = Limits(**data["limits"])
     known = ModelSpec.__dataclass_fields__
     return ModelSpec(**{k: v for k, v in data.items() if k in known})
-
-
-def is_synthetic(model: str) -> bool:
-    """Random-weight models: the built-in tiny ids and folders the model builder marked."""
-    if model in TINY_MODEL_IDS.values():
-        return True
-    try:
-        return (Path(model).expanduser() / "SYNTHETIC.txt").is_file()
-    except OSError:
-        return False
 
 
 def allowed_model(name: str, model_dir: Path | None, known: set[str]) -> str:

@@ -57,6 +57,7 @@ from videoserve.model_sizes import (
 
 BUILDER_VERSION = TINY.version
 MARKER_NAME = ".complete"
+SEED_NAME = ".seed"  # the seed its DiT was drawn with (none: 0, the default)
 TASKS = ("t2v", "i2v")
 FOLDER_NAMES = TINY.folder_names
 PIPELINE_CLASS_NAMES = {"t2v": "WanDMDPipeline", "i2v": "WanImageToVideoPipeline"}
@@ -146,6 +147,7 @@ def build_model(task: str, out_dir: Path, size: ModelSize | str = TINY, seed: in
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=out_dir))
     try:
         _write_model(size, task, tmp, _shared_source(size, task, out_dir), seed)
+        (tmp / SEED_NAME).write_text(f"{seed}\n", encoding="utf-8")
         (tmp / MARKER_NAME).write_text(size.version + "\n", encoding="utf-8")
         _make_world_readable(tmp)
         old = None
@@ -159,6 +161,17 @@ def build_model(task: str, out_dir: Path, size: ModelSize | str = TINY, seed: in
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def built_with(path: Path, size: ModelSize, seed: int) -> bool:
+    """Whether ``path`` holds a complete build of ``size`` drawn with ``seed``."""
+    try:
+        recorded = int((path / SEED_NAME).read_text(encoding="utf-8").strip() or 0)
+    except FileNotFoundError:
+        recorded = 0
+    except (OSError, ValueError):
+        return False
+    return recorded == seed and is_complete(path, size)
 
 
 def build_tiny_model(task: str, out_dir: Path) -> Path:
@@ -523,6 +536,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--seed", type=int, default=0,
                         help="another seed gives another DiT of the same shape (default 0)")
+    parser.add_argument("--force", action="store_true",
+                        help="build again even where a complete folder of the same size and "
+                             "seed is there")
     args = parser.parse_args(argv)
     if (args.out is None) == (args.out_dir is None):
         parser.error("give the output directory once: OUT_DIR or --out DIR")
@@ -547,6 +563,11 @@ def main(argv: list[str] | None = None) -> int:
         if task not in args.tasks:
             continue
         start = time.perf_counter()
+        path = Path(args.out).expanduser().absolute() / size.folder_names[task]
+        if not args.force and built_with(path, size, args.seed):
+            # A full-size rebuild writes tens of GB beside the old folder before replacing it.
+            print(f"{task}\t{path}\talready built (--force builds it again)", flush=True)
+            continue
         path = build_model(task, args.out, size, args.seed)
         elapsed = time.perf_counter() - start
         size_mb = _folder_size(path) / 1e6

@@ -12,7 +12,7 @@ import requests
 
 from tests.gpu.conftest import WITH_14B
 from tests.gpu.test_full_models import deploy_model, follow
-from tests.helpers import png_b64
+from tests.helpers import fetch_video, png_b64
 
 pytestmark = pytest.mark.gpu
 
@@ -51,5 +51,40 @@ def test_full_size_i2v_14b_cancel_frees_the_gpu_within_a_step(gpu_cluster, full_
         assert wait_s <= 1.1 * step_s, (wait_s, step_s)
         done = follow(url, second["id"], lambda j: j["status"] in ("completed", "failed"))
         assert done[-1][1]["status"] == "completed", done[-1][1]
+    finally:
+        undeploy(name)
+
+
+@pytest.mark.skipif(not WITH_14B, reason="set VIDEOSERVE_GPU_TESTS_14B=1 (needs ~64 GiB)")
+def test_both_models_placed_from_free_memory_and_the_i2v_fast_mode(gpu_cluster, full_models,
+                                                                     tmp_path_factory):
+    """The fastwan preset's placement on the first GPU, from its free memory now, with the I2V in
+    the fast mode: /v1/placement says what each model offloads and why, and a 2-step I2V video
+    in the fast mode comes back whole."""
+    from videoserve.config import Settings, build_specs, gpu_free_gib
+    from videoserve.deployments import deploy, undeploy
+
+    free = gpu_free_gib()
+    specs = build_specs("fastwan", t2v_model=str(full_models["t2v"]),
+                        i2v_model=str(full_models["i2v"]), gpu_count=1, gpu_free=free[:1],
+                        speeds={"i2v": "fast"})
+    name = "placed"
+    deploy(Settings(models=specs, output_path=tmp_path_factory.mktemp(name)), name, f"/{name}")
+    url = f"{gpu_cluster.url}/{name}"
+    try:
+        placement = requests.get(url + "/v1/placement", timeout=60).json()["models"]
+        print(f"free {free} GiB; placement {placement}")
+        roomy = free[0] * 0.92 >= 63.5 + 38.4  # both measured peaks, as place() plans
+        for task in ("t2v", "i2v"):
+            assert placement[task]["shares_gpu"] is True
+            assert (placement[task]["offloaded"] == []) is (roomy or task == "t2v"), placement
+        assert placement["i2v"]["speed"] == "fast"
+        body = {"prompt": "the picture comes to life", "image": png_b64(832, 480),
+                "model_type": "i2v", "height": 480, "width": 832, "num_frames": 81,
+                "num_inference_steps": 2, "guidance_scale": 5.0}
+        answer = requests.post(url + "/generate_video", json=body, timeout=900)
+        assert answer.status_code == 200, answer.text
+        video = fetch_video(gpu_cluster.url, answer.json())  # video_url has the prefix
+        assert (video.frames, video.height, video.width) == (81, 480, 832)
     finally:
         undeploy(name)

@@ -260,3 +260,20 @@ def test_cli_builds_the_asked_size_and_tasks(tmp_path, capsys):
         main(["--size", "full"])
     with pytest.raises(SystemExit):
         main([str(tmp_path), "--out", str(tmp_path)])
+
+
+def test_cli_leaves_a_complete_folder_of_the_same_seed_alone(tmp_path, capsys):
+    args = ["--size", "tiny", "--out", str(tmp_path), "--tasks", "t2v"]
+    assert main(args) == 0
+    folder = tmp_path / TINY.folder_names["t2v"]
+    built = (folder / MARKER_NAME).stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "already built" in capsys.readouterr().out
+    assert (folder / MARKER_NAME).stat().st_mtime_ns == built
+    # Another seed is another model, and --force builds again.
+    for extra in (["--seed", "1"], ["--seed", "1", "--force"]):
+        main([*args, *extra])
+        assert (folder / MARKER_NAME).stat().st_mtime_ns != built
+        built = (folder / MARKER_NAME).stat().st_mtime_ns
+        assert (folder / ".seed").read_text().strip() == "1"

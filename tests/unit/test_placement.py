@@ -154,3 +154,24 @@ def test_the_speed_flags_reach_the_specs(monkeypatch):
     assert offloaded(specs["i2v"]) == []
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--t2v_speed", "turbo"])
+
+
+def test_random_weight_folders_given_by_path_are_marked_synthetic_and_placed_as_real(tmp_path):
+    def folder(name: str, layers: int, heads: int):
+        path = tmp_path / name
+        (path / "transformer").mkdir(parents=True)
+        (path / "transformer" / "config.json").write_text(json.dumps(
+            {"num_layers": layers, "num_attention_heads": heads, "attention_head_dim": 128}))
+        (path / "SYNTHETIC.txt").write_text("random weights")
+        return str(path)
+
+    full = build_specs("fastwan", i2v_model=folder("full-i2v", 40, 40), gpu_count=1,
+                       gpu_free=H100_FREE)["i2v"]
+    # Its videos are noise, and GET /v1/models says so...
+    assert full.synthetic and full.describe()["synthetic"] is True
+    # ...but it is the 14B's size: on a shared 80 GB GPU it offloads as the real one does.
+    assert "dit_layerwise_offload" in offloaded(full)
+    tiny = build_specs("tiny", i2v_model=folder("tiny-i2v", 2, 1), gpu_count=1)["i2v"]
+    assert tiny.synthetic and tiny.device == "cpu"
+    real = build_specs("fastwan", i2v_model=str(tmp_path / "real"), gpu_count=1)["i2v"]
+    assert not real.synthetic
