@@ -105,8 +105,16 @@ def open_advanced(page, prefix: str, defaults: dict, sizes: dict = SMALL) -> Non
     # The page's load event fills the sliders with the backend's defaults; wait for it.
     sync_api.expect(page.locator(f"#{prefix}-frames input[type=number]")).to_have_value(
         str(defaults["num_frames"]))
-    for name, value in sizes.items():
-        set_slider(page, f"{prefix}-{name}", value)
+    # Gradio's late re-apply of a slider's stored value (see set_slider) was also seen after
+    # set_slider had checked it, on a loaded machine: the whole set is typed again then.
+    for _attempt in range(3):
+        for name, value in sizes.items():
+            set_slider(page, f"{prefix}-{name}", value)
+        undone = [name for name, value in sizes.items()
+                  if page.locator(f"#{prefix}-{name} input[type=number]").input_value()
+                  != str(value)]
+        if not undone:
+            break
     for name, value in sizes.items():  # none of them was undone meanwhile
         sync_api.expect(page.locator(f"#{prefix}-{name} input[type=number]")).to_have_value(
             str(value))
