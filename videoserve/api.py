@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,13 +24,21 @@ from videoserve.limits import BodyBudget, BodyRules, BodySizeLimit
 from videoserve.metrics import CONTENT_TYPE, ServiceMetrics
 from videoserve.models import is_ready
 from videoserve.schemas import (
+    BatchCreated,
     BatchRequest,
     ErrorResponse,
     GenerateVideoRequest,
     GenerateVideoResponse,
+    Health,
+    ModelEntry,
+    ModelList,
     ModelUpdateRequest,
+    Placement,
     ReadyResponse,
     VideoCreateRequest,
+    VideoDeleted,
+    VideoList,
+    VideoObject,
 )
 from videoserve.security import ApiKeyAuth, RequestGuard, request_owner
 from videoserve.service import VideoService
@@ -43,10 +53,28 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 408, 409, 413, 415, 422, 429,
                                                 500, 503, 504)
 }
-MP4 = {200: {"description": "The MP4 (Range requests supported)",
-             "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}},
-       206: {"description": "Part of the MP4"}, 416: {"model": ErrorResponse}, **ERRORS}
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+CONTENT_RANGE = {"Content-Range": {"description": "bytes FIRST-LAST/SIZE; on a 416, bytes */SIZE",
+                                   "schema": {"type": "string"}}}
+MP4 = {200: {"description": "The whole MP4", "content": {"video/mp4": BINARY},
+             "headers": {"Accept-Ranges": {"schema": {"type": "string", "enum": ["bytes"]}}}},
+       206: {"description": "The requested byte range of the MP4",
+             "content": {"video/mp4": BINARY}, "headers": CONTENT_RANGE},
+       416: {"model": ErrorResponse, "description": "The range is outside the file",
+             "headers": CONTENT_RANGE}, **ERRORS}
+RANGE_HEADERS = {"parameters": [
+    {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "bytes=FIRST-LAST, bytes=FIRST- or bytes=-SUFFIX (several ranges: "
+                    "multipart/byteranges); 400 when malformed"},
+    {"name": "If-Range", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "an ETag or date: the range is sent only while the file is unchanged"}]}
 MAX_IDEMPOTENCY_KEY = 255
+
+
+def answers(model: type, status: int = 200) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route returning a plain dict: the schema is documented while the
+    dict goes out as built (use with ``response_model=None``, so nothing is filtered)."""
+    return {status: {"model": model}, **ERRORS}
 
 
 def add_middlewares(app: FastAPI, settings: Any) -> None:
@@ -87,14 +115,15 @@ def create_app(service: VideoService, readiness: ReadinessFn,
         return result
 
     @app.api_route("/videos/{job_id}/video.mp4", methods=["GET", "HEAD"], responses=MP4,
-                   response_class=VideoFile)
+                   response_class=VideoFile, openapi_extra=RANGE_HEADERS,
+                   operation_id="video_file")
     async def video_file(job_id: str, request: Request) -> VideoFile:
         """The MP4 of a finished job (HTTP Range requests supported)."""
         return _content(service, job_id, request_owner(request))
 
     add_video_routes(app, service)
 
-    @app.get("/health")
+    @app.get("/health", response_model=None, responses=answers(Health))
     async def health() -> dict[str, str]:
         """Liveness: the ingress answers."""
         return {"status": "ok"}
@@ -110,12 +139,13 @@ def create_app(service: VideoService, readiness: ReadinessFn,
         ready = is_ready(states)
         return JSONResponse({"ready": ready, "models": models}, status_code=200 if ready else 503)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=None, responses=answers(ModelList))
     async def models() -> dict[str, Any]:
         """Each task's model: engine, defaults, limits, state, and a switch in progress."""
         return {"object": "list", "data": service.models.describe()}
 
-    @app.put("/v1/models/{model_type}", status_code=202, responses=ERRORS)
+    @app.put("/v1/models/{model_type}", status_code=202, response_model=None,
+             responses=answers(ModelEntry, 202))
     async def update_model(model_type: Literal["t2v", "i2v"],
                            body: ModelUpdateRequest) -> dict[str, Any]:
         """Load another model folder or hub id for a task, change its engine or replica count,
@@ -127,28 +157,58 @@ def create_app(service: VideoService, readiness: ReadinessFn,
             raise ApiError(422, "give at least one of model, engine, replicas", param="model")
         return service.update_model(model_type, **changes)
 
-    @app.delete("/v1/models/{model_type}", status_code=202, responses=ERRORS)
+    @app.delete("/v1/models/{model_type}", status_code=202, response_model=None,
+                responses=answers(ModelEntry, 202))
     async def unload_model(model_type: Literal["t2v", "i2v"]) -> dict[str, Any]:
         """Unload a task's model: its queued jobs fail, running ones finish, then its replicas
         stop. PUT loads one again."""
         return service.unload_model(model_type)
 
     if metrics is not None:
-        @app.get("/metrics", response_class=Response, responses={401: {"model": ErrorResponse}})
+        @app.get("/metrics", response_class=Response, responses={
+            200: {"description": "Prometheus text format",
+                  "content": {CONTENT_TYPE: {"schema": {"type": "string"}}}},
+            401: {"model": ErrorResponse}})
         async def prometheus_metrics() -> Response:
             """Prometheus text format; needs the API key like every other route."""
             # On the event loop, not in a thread: the gauges read the runner's live job table.
             return Response(metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
     if placement is not None:
-        @app.get("/v1/placement")
+        @app.get("/v1/placement", response_model=None, responses=answers(Placement))
         async def get_placement() -> dict[str, Any]:
             """The Ray node of the ingress and of each model's replicas (with their state), and
             each model's GPU share, speed mode and what it offloads and why (its measured memory
             need against the GPUs' free memory read at start)."""
             return await placement()
 
+    document_head(app)
     return app
+
+
+def document_head(app: FastAPI) -> None:
+    """Give each HEAD operation its own id, and answers without a body, in ``/openapi.json``.
+
+    HEAD shares its route with GET (one route keeps the 405's Allow header naming both), and a
+    route has one operation id, which OpenAPI requires to be unique per operation."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Duplicate Operation ID", UserWarning)
+            schema = build()
+        for operations in schema["paths"].values():
+            if "head" in operations:
+                head = operations["head"] = copy.deepcopy(operations["head"])
+                head["operationId"] += "_head"
+                head["summary"] += " (headers only)"
+                for answer in head["responses"].values():
+                    answer.pop("content", None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _job(service: VideoService, job_id: str, owner: str | None) -> Job:
@@ -247,7 +307,8 @@ def add_video_routes(app: FastAPI, service: VideoService) -> None:
     def view(job: Job, cached: bool = False) -> dict[str, Any]:
         return video_object(job, service.queue_position(job), cached)
 
-    @app.post("/v1/videos", responses=ERRORS, openapi_extra=CREATE_BODY)
+    @app.post("/v1/videos", response_model=None, responses=answers(VideoObject),
+              openapi_extra=CREATE_BODY)
     async def create_video(request: Request, idempotency_key: str | None = Header(None)
                            ) -> dict[str, Any]:
         """Queue a video (JSON, or multipart/form-data with an input_reference image)."""
@@ -257,7 +318,7 @@ def add_video_routes(app: FastAPI, service: VideoService) -> None:
                                            idempotency_key, request_owner(request))
         return view(job, cached)
 
-    @app.post("/v1/videos/batch", responses=ERRORS)
+    @app.post("/v1/videos/batch", response_model=None, responses=answers(BatchCreated))
     async def create_batch(batch: BatchRequest, request: Request,
                            idempotency_key: str | None = Header(None)) -> dict[str, Any]:
         """Queue several videos; all are validated before any is queued. Ids come in order;
@@ -272,26 +333,28 @@ def add_video_routes(app: FastAPI, service: VideoService) -> None:
         jobs = service.enqueue_batch(prepared, idempotency_key)
         return {"object": "list", "ids": [job.id for job in jobs]}
 
-    @app.get("/v1/videos/{job_id}", responses=ERRORS)
+    @app.get("/v1/videos/{job_id}", response_model=None, responses=answers(VideoObject))
     async def get_video(job_id: str, request: Request) -> dict[str, Any]:
         """A job's status, progress, parameters, seed, timings and error."""
         return view(_job(service, job_id, request_owner(request)))
 
     @app.api_route("/v1/videos/{job_id}/content", methods=["GET", "HEAD"], responses=MP4,
-                   response_class=VideoFile)
+                   response_class=VideoFile, openapi_extra=RANGE_HEADERS,
+                   operation_id="video_content")
     async def video_content(job_id: str, request: Request, variant: str = "video") -> VideoFile:
         """The MP4 (Range supported); 409 while the job is not completed."""
         if variant != "video":
             raise ApiError(422, "only variant=video is available", param="variant")
         return _content(service, job_id, request_owner(request))
 
-    @app.post("/v1/videos/{job_id}/cancel", responses=ERRORS)
+    @app.post("/v1/videos/{job_id}/cancel", response_model=None,
+              responses=answers(VideoObject))
     async def cancel_video(job_id: str, request: Request) -> dict[str, Any]:
         """Cancel a queued or running job; a finished job is returned unchanged."""
         job = _job(service, job_id, request_owner(request))
         return view(await service.cancel(job) if not job.done else job)
 
-    @app.delete("/v1/videos/{job_id}", responses=ERRORS)
+    @app.delete("/v1/videos/{job_id}", response_model=None, responses=answers(VideoDeleted))
     async def delete_video(job_id: str, request: Request) -> dict[str, Any]:
         """Cancel a queued or running job; delete a finished one and its files."""
         job = _job(service, job_id, request_owner(request))
@@ -302,7 +365,7 @@ def add_video_routes(app: FastAPI, service: VideoService) -> None:
         service.delete_files(job)
         return {"id": job.id, "object": "video.deleted", "deleted": True}
 
-    @app.get("/v1/videos", responses=ERRORS)
+    @app.get("/v1/videos", response_model=None, responses=answers(VideoList))
     async def list_videos(request: Request, limit: int = Query(20, ge=1, le=100),
                           after: str | None = None, order: Literal["asc", "desc"] = "desc"
                           ) -> dict[str, Any]:

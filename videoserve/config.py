@@ -171,7 +171,7 @@ FASTWAN_SPEED: dict[Task, dict[str, Any]] = {
 # would mean reloading or recompiling the model.
 SPEEDS = ("quality", "fast")
 FAST_LEVERS: dict[Task, dict[str, Any]] = {
-    "t2v": {},  # FastWan runs 3 distilled steps: nothing to skip; FP8 did not pay (BENCHMARKS)
+    "t2v": {},  # FastWan runs 3 distilled steps: no step to skip, no other lever measured yet
     "i2v": {"dit_fp8": True, "step_cache": 0.1},
 }
 

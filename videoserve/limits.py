@@ -85,25 +85,42 @@ def too_large(max_bytes: int) -> BodyRefused:
 
 
 class BodyBudget:
-    """Bytes of request bodies received and not yet answered: in total, and per client address,
-    so that one address cannot hold more than its fair share of what every client needs."""
+    """Bytes of request bodies in flight: in total, and per client address, so that one address
+    cannot hold more than its fair share of what every client needs.
+
+    A body reserves its declared length when it starts (so that many large bodies at once are
+    refused before any of them is read: Ray Serve's proxy hands a replica whatever part of a
+    body has arrived in one piece), and then holds what it has received. A body that arrives
+    slowly gives its reservation back as soon as another request needs the room (``reclaim``):
+    slow uploads hold only the bytes they sent, and cannot lock anyone out.
+    """
 
     def __init__(self, capacity: int, per_client: int):
         self.total = Budget(capacity)
         self.per_client = min(per_client, capacity)
         self.held: dict[str, int] = {}
+        self.bodies: set[_Body] = set()
 
     def take(self, client: str, amount: int) -> None:
         """Count ``amount`` more bytes of ``client``'s; refused (429: its share, 503: the
-        total) without counting them."""
-        mine = self.held.get(client, 0)
-        if mine + amount > self.per_client:
-            raise BodyRefused(429, "this client is sending too many request bodies at once; "
-                              "retry when one is answered", "too_many_bodies", RETRY)
-        if not self.total.try_take(amount):
-            raise BodyRefused(503, "the server is receiving too many request bodies at once; "
-                              "retry shortly", "busy", RETRY)
-        self.held[client] = mine + amount
+        total) without counting them, after slow bodies gave back what they reserved."""
+        refusal = self._refusal(client, amount)
+        if refusal is not None:
+            self.reclaim()
+            refusal = self._refusal(client, amount)
+        if refusal is not None:
+            raise refusal
+        self.total.try_take(amount)
+        self.held[client] = self.held.get(client, 0) + amount
+
+    def _refusal(self, client: str, amount: int) -> BodyRefused | None:
+        if self.held.get(client, 0) + amount > self.per_client:
+            return BodyRefused(429, "this client is sending too many request bodies at once; "
+                               "retry when one is answered", "too_many_bodies", RETRY)
+        if self.total.used + amount > self.total.capacity:
+            return BodyRefused(503, "the server is receiving too many request bodies at once; "
+                               "retry shortly", "busy", RETRY)
+        return None
 
     def give(self, client: str, amount: int) -> None:
         if amount <= 0:
@@ -114,6 +131,12 @@ class BodyBudget:
             self.held[client] = left
         else:
             self.held.pop(client, None)
+
+    def reclaim(self) -> None:
+        """Slow bodies give back the part of their reservation they have not sent yet."""
+        now = time.monotonic()
+        for body in list(self.bodies):
+            body.shrink_if_slow(now)
 
 
 @dataclass(frozen=True)
@@ -128,6 +151,11 @@ class BodyRules:
     # sends a byte now and then is answered 408 even though it never goes idle.
     timeout_s: float = 60.0
     min_timeout_s: float = 10.0
+    # A body keeps the reservation of its declared length while it is younger than this, or
+    # arrives at least this fast on average; otherwise it holds only what it sent once another
+    # request needs the room.
+    reserve_grace_s: float = 0.5
+    reserve_min_rate: float = 1024 * 1024  # bytes a second
 
     def time_allowed(self, size: int) -> float:
         return max(self.min_timeout_s, self.timeout_s * size / self.max_bytes)
@@ -136,8 +164,8 @@ class BodyRules:
 class BodySizeLimit:
     """ASGI middleware for request bodies: 413 over the size limit (without reading them whole),
     408 for a body that stalls or arrives too slowly, and 503/429 with Retry-After while the
-    bytes received of all requests in flight (or of one client address) would pass ``budget``.
-    A request holds budget only for the bytes it has sent, until its response is sent."""
+    bodies in flight (or those of one client address) would pass ``budget`` (see BodyBudget).
+    A body's budget is held until its response is sent."""
 
     def __init__(self, app: Any, rules: BodyRules, budget: BodyBudget | None = None):
         self.app, self.rules, self.budget = app, rules, budget
@@ -151,6 +179,7 @@ class BodySizeLimit:
             await _refuse(send, too_large(self.rules.max_bytes))
             return
         try:
+            body.reserve()
             await self.app(scope, partial(body.receive, receive), send)
         except BodyRefused as exc:
             await _refuse(send, exc)
@@ -169,7 +198,22 @@ class _Body:
         client = scope.get("client")
         self.client = str(client[0]) if client else ""
         self.started = time.monotonic()
-        self.seen, self.finished = 0, False
+        self.seen, self.held, self.finished = 0, 0, False
+
+    def reserve(self) -> None:
+        """Take the declared length up front; refused at once (nothing read) without room."""
+        if self.budget is None:
+            return
+        self.budget.take(self.client, self.declared)
+        self.held = self.declared
+        self.budget.bodies.add(self)
+
+    def shrink_if_slow(self, now: float) -> None:
+        elapsed = now - self.started
+        slow = self.seen < self.rules.reserve_min_rate * elapsed
+        if self.held > self.seen and elapsed > self.rules.reserve_grace_s and slow:
+            self.budget.give(self.client, self.held - self.seen)  # type: ignore[union-attr]
+            self.held = self.seen
 
     async def receive(self, receive: Any) -> dict:
         if self.finished:  # past the body, receive only reports a disconnect: no timeout
@@ -180,8 +224,9 @@ class _Body:
         chunk = len(message.get("body", b""))
         if self.seen + chunk > self.rules.max_bytes:
             raise too_large(self.rules.max_bytes)
-        if self.budget is not None:
-            self.budget.take(self.client, chunk)
+        if self.budget is not None and self.seen + chunk > self.held:
+            self.budget.take(self.client, self.seen + chunk - self.held)
+            self.held = self.seen + chunk
         self.seen += chunk
         self.finished = not message.get("more_body", False)
         return message
@@ -203,7 +248,9 @@ class _Body:
 
     def release(self) -> None:
         if self.budget is not None:
-            self.budget.give(self.client, self.seen)
+            self.budget.bodies.discard(self)
+            self.budget.give(self.client, self.held)
+            self.held = 0
 
 
 async def _refuse(send: Any, exc: BodyRefused) -> None:

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
+from videoserve.config import Limits, SamplingDefaults
+
 MAX_PROMPT_CHARS = 2000
 SEED_MAX = 2**32 - 1
 # Categories that draw nothing on their own: controls, format characters (zero-width spaces
@@ -169,3 +171,146 @@ class ModelUpdateRequest(BaseModel):
 class ReadyResponse(BaseModel):
     ready: bool
     models: dict[str, ModelState]
+
+
+# Response shapes below document the routes that return plain dicts (``responses=`` only, no
+# ``response_model``): FastAPI neither filters nor coerces those answers, and ``extra="allow"``
+# says in the schema that a key added later is part of the answer too.
+
+
+class Described(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ProgressDetail(Described):
+    step: int
+    total_steps: int
+    stage: str = Field(description="the engine's stage while in progress, else the status")
+    queue_position: int | None = Field(description="1 for the next job to start; None once it "
+                                       "left the queue")
+    eta_s: float | None = Field(description="seconds left, from the pace of the steps so far")
+    estimated: bool = Field(description="kept for old records; always false now")
+
+
+class VideoError(Described):
+    code: str
+    message: str
+
+
+class VideoResult(Described):
+    """What a completed job wrote (sizes and frames as decoded)."""
+
+    output_path: str
+    video_url: str
+    num_frames: int
+    height: int
+    width: int
+    inference_time: float
+    encoding_time: float
+    queue_time: float
+    total_time: float
+
+
+class VideoObject(Described):
+    """A video job, in the shape of OpenAI's video object plus this service's parameters."""
+
+    id: str
+    object: Literal["video"] = "video"
+    status: Literal["queued", "in_progress", "completed", "failed", "cancelled"]
+    progress: int = Field(ge=0, le=100)
+    progress_detail: ProgressDetail
+    model: str
+    model_type: Literal["t2v", "i2v"]
+    engine: str
+    synthetic: bool
+    size: str = Field(description="WIDTHxHEIGHT")
+    seconds: str
+    prompt: str
+    negative_prompt: str
+    seed: int
+    guidance_scale: float
+    num_frames: int
+    height: int
+    width: int
+    num_inference_steps: int
+    fps: int
+    attempts: int
+    created_at: int
+    completed_at: int | None
+    expires_at: int | None
+    remixed_from_video_id: str | None
+    error: VideoError | None = Field(description="why it failed or was cancelled; on a job that "
+                                     "was retried, why")
+    cancellation: dict[str, Any] | None
+    result: VideoResult | None
+    cached: bool = Field(description="true when an earlier identical job answered")
+
+
+class VideoList(Described):
+    object: Literal["list"] = "list"
+    data: list[VideoObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class BatchCreated(Described):
+    object: Literal["list"] = "list"
+    ids: list[str] = Field(description="the jobs' ids, in the order of the requests")
+
+
+class VideoDeleted(Described):
+    id: str
+    object: Literal["video.deleted"] = "video.deleted"
+    deleted: bool = Field(description="false when the job was still running: it is cancelled "
+                          "instead, and shown in video")
+    status: str | None = None
+    video: VideoObject | None = None
+
+
+class ModelSwitch(Described):
+    id: str
+    engine: str
+    replicas: int
+    generation: int | None
+
+
+class ModelEntry(Described):
+    """A task's model; a task never deployed shows only id (None), task, state and
+    generation."""
+
+    object: Literal["model"] = "model"
+    id: str | None
+    task: Literal["t2v", "i2v"]
+    engine: str | None = None
+    device: str | None = None
+    replicas: int | None = None
+    synthetic: bool | None = None
+    speed: str | None = None
+    # The dataclasses the backend describes its models with: their fields are written once.
+    defaults: SamplingDefaults | None = None
+    limits: Limits | None = None
+    state: str
+    generation: int | None
+    switching_to: ModelSwitch | None = None
+    last_switch: dict[str, Any] | None = None
+
+
+class ModelList(Described):
+    object: Literal["list"] = "list"
+    data: list[ModelEntry]
+
+
+class ModelPlacement(Described):
+    replicas: list[dict[str, Any]] = Field(description="each replica's node_id and state")
+    device: str
+    speed: str
+
+
+class Placement(Described):
+    ingress: dict[str, Any] = Field(description="node_id: the Ray node of the ingress")
+    models: dict[str, ModelPlacement]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]

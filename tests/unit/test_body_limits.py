@@ -1,5 +1,5 @@
-"""The request-body middleware in-process: budget by bytes received, per-client share, idle and
-total time limits."""
+"""The request-body middleware in-process: declared lengths reserved and given back by slow
+bodies, per-client share, idle and total time limits."""
 
 import asyncio
 import json
@@ -67,15 +67,17 @@ def limited(rules: BodyRules, budget: BodyBudget) -> BodySizeLimit:
 
 def test_two_slow_uploads_do_not_stop_another_client():
     budget = BodyBudget(64 * MIB, 32 * MIB)
-    app = limited(BodyRules(32 * MIB, idle_timeout_s=30, timeout_s=1.0, min_timeout_s=0.2),
-                  budget)
+    app = limited(BodyRules(32 * MIB, idle_timeout_s=30, timeout_s=1.0, min_timeout_s=0.2,
+                            reserve_grace_s=0.1), budget)
 
     async def scenario():
         slow = [asyncio.create_task(call(app, scope_for(f"10.0.0.{i}", 32 * MIB),
                                          trickle(0.02))) for i in (1, 2)]
-        await asyncio.sleep(0.2)  # both are sending
-        assert 0 < budget.total.used < 100  # only the bytes they sent are held
+        await asyncio.sleep(0.2)  # both are sending, their declared lengths reserved
+        assert budget.total.used == 64 * MIB
         other = await call(app, scope_for("10.0.0.3", 11), chunks([b'{"seed": 1}']))
+        # To make room, the slow ones gave back all but the bytes they sent.
+        assert 0 < budget.total.used < 100
         return other, await asyncio.gather(*slow)
 
     (status, body), slow = asyncio.run(asyncio.wait_for(scenario(), 10))
@@ -156,3 +158,31 @@ def test_absurd_content_lengths_are_413_or_ignored():
         scope = scope_for("a", None)
         scope["headers"].append((b"content-length", length.encode("latin-1")))
         assert asyncio.run(call(app, scope, chunks([b"12345"])))[0] == status, length
+
+
+def test_many_large_bodies_at_once_are_refused_before_any_is_read():
+    """Ray Serve's proxy hands the app what has arrived of a body in one piece: a body the
+    budget cannot hold must be refused before it is read, not after."""
+    budget = BodyBudget(capacity=100, per_client=50)
+    app = limited(BodyRules(60, idle_timeout_s=5, timeout_s=5, min_timeout_s=5), budget)
+    reads: list[int] = []
+
+    def counted(index: int):
+        receive = chunks([b"x" * 40], 0.05)
+
+        async def wrapped() -> dict:
+            reads.append(index)
+            return await receive()
+
+        return wrapped
+
+    async def scenario():
+        return await asyncio.gather(*(call(app, scope_for("a", 40), counted(i))
+                                      for i in range(16)))
+
+    answers = asyncio.run(scenario())
+    statuses = [status for status, _ in answers]
+    assert sorted(statuses) == [200] + [429] * 15
+    # Only the admitted body was ever read; none of the refused ones.
+    assert set(reads) == {statuses.index(200)}
+    assert budget.total.used == 0 and budget.held == {} and not budget.bodies
