@@ -36,6 +36,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import environment, follow_job, log  # noqa: E402 - after the path insert
 
+from videoserve.config import CUDNN_FIRST  # noqa: E402 - plain Python, no GPU libraries
+
 REFERENCE = "reference"
 FLOOR = "floor"
 # A lever passes when its PSNR is at least the floor's minus this.
@@ -43,7 +45,6 @@ FLOOR_MARGIN_DB = 1.0
 BASE = {"dit_cpu_offload": False, "dit_layerwise_offload": False,
         "text_encoder_cpu_offload": False, "image_encoder_cpu_offload": False,
         "vae_cpu_offload": False, "pin_cpu_memory": False}
-CUDNN_FIRST = ["cudnn", "flash", "efficient", "math"]
 LEVERS = {
     # Memory-efficient SDPA first ran at cuDNN's speed with cuDNN's frames on an H200 (it was
     # passed over for these shapes), so the floor's other exact kernel is cuDNN's.
@@ -56,7 +57,6 @@ LEVERS = {
     "cudnn_benchmark": {"cudnn_benchmark": True},
     "vae_channels_last": {"vae_channels_last": True},
     "vae_compile": {"vae_compile": True},
-    "sdpa_cudnn_first": {"sdpa_priority": CUDNN_FIRST},
     "compile_dit": {"compile": True},
 }
 PARTS = {

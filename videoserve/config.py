@@ -226,9 +226,13 @@ def place(specs: dict[Task, ModelSpec], gpu_count: int,
     replica that spans GPUs cannot share them: with fewer than R GPUs, sp_size > 1 is refused.
     CPU-only specs are left as they are.
     """
-    # Tiny random-weight models stay on the CPU under the diffusers engine; everything else that
-    # can use a GPU gets one.
-    gpu_specs = [t for t, s in specs.items() if s.engine == "fastvideo" or not is_tiny(s)]
+    # Tiny random-weight models (synthetic, of no architecture with a measured need) stay on the
+    # CPU under the diffusers engine; everything else that can use a GPU gets one; full-size
+    # random-weight folders are placed as the real models.
+    # A model folder's need is read from its config once: it also tells a tiny model apart.
+    all_needs = {t: gpu_need_gib(s) for t, s in specs.items()}
+    tiny = {t: s.synthetic and all_needs[t] is None for t, s in specs.items()}
+    gpu_specs = [t for t, s in specs.items() if s.engine == "fastvideo" or not tiny[t]]
     needed = sum(specs[t].replicas * sp_size(specs[t]) for t in gpu_specs)
     whole = gpu_count >= needed
     if not whole and any(sp_size(specs[t]) > 1 for t in gpu_specs):
@@ -239,7 +243,7 @@ def place(specs: dict[Task, ModelSpec], gpu_count: int,
     # Fractions Ray can pack: at most ceil(needed / gpus) replicas on a GPU.
     per_gpu = 1 if whole else math.ceil(needed / max(gpu_count, 1))
     share = 1.0 / per_gpu
-    needs = {t: gpu_need_gib(specs[t]) for t in gpu_specs}
+    needs = {t: all_needs[t] for t in gpu_specs}
     verdict = shared_fit(needs, specs, per_gpu, gpu_free_gib)
     placed = dict(specs)
     for task in gpu_specs:
@@ -248,7 +252,7 @@ def place(specs: dict[Task, ModelSpec], gpu_count: int,
         if spec.engine == "fastvideo":
             options = {**NO_OFFLOAD, **options}
             if share < 1.0 and not verdict.fits:
-                if task == "i2v" and not is_tiny(spec):
+                if task == "i2v" and not tiny[task]:
                     options.update(text_encoder_cpu_offload=True, dit_layerwise_offload=True)
                 options.pop("vae_compile", None)
         num_gpus = float(sp_size(spec)) if whole else share
@@ -275,12 +279,6 @@ USABLE_FRACTION = 0.92
 class Fit:
     fits: bool
     reason: str
-
-
-def is_tiny(spec: ModelSpec) -> bool:
-    """A random-weight model of no real architecture (the tiny ones): it runs on a CPU and needs
-    no offload. Full-size random-weight folders are synthetic but placed as the real models."""
-    return spec.synthetic and gpu_need_gib(spec) is None
 
 
 def gpu_need_gib(spec: ModelSpec) -> float | None:
