@@ -267,6 +267,12 @@ def both_on_one_gpu(models: dict, args) -> dict:
                     "per_step_s": per_step}
 
         threading.Thread(target=sample, daemon=True).start()
+        # Each model alone first (the other idle): FastWan served end to end, and where an
+        # I2V job's time goes per stage (from the backend's own stage histogram).
+        alone = [post(bodies[0])["s"] for _ in range(3)]
+        i2v_alone = post({**bodies[1], "num_inference_steps": 2})
+        stages = stage_seconds(requests.get(url + "/metrics", timeout=30).text, "i2v")
+        log(f"alone: FastWan served {[round(s, 2) for s in alone]} s; I2V stages {stages}")
         with ThreadPoolExecutor(2) as pool:
             answers = list(pool.map(post, bodies))
         sampling.set()
@@ -277,7 +283,24 @@ def both_on_one_gpu(models: dict, args) -> dict:
             "serve_up_s": serve_up_s, "loads": loads,
             "command": "python " + " ".join(sys.argv), "t2v": answers[0],
             "i2v": answers[1], "gpu_used_peak_gib": max(used) if used else None,
+            "t2v_alone_s": alone, "i2v_alone": i2v_alone, "i2v_stages_s": stages,
             "configs": []}
+
+
+def stage_seconds(metrics: str, task: str) -> dict[str, float]:
+    """Mean seconds per stage of ``task``'s completed jobs, from the Prometheus text of
+    ``videoserve_stage_seconds`` (its ``_sum`` over its ``_count`` per stage label)."""
+    totals: dict[str, dict[str, float]] = {}
+    for line in metrics.splitlines():
+        if not line.startswith("videoserve_stage_seconds_") or f'task="{task}"' not in line:
+            continue
+        name, value = line.rsplit(" ", 1)
+        kind = name.split("{", 1)[0].rsplit("_", 1)[1]
+        if kind in ("sum", "count"):
+            stage = name.split('stage="', 1)[1].split('"', 1)[0]
+            totals.setdefault(stage, {})[kind] = float(value)
+    return {stage: round(t["sum"] / t["count"], 2) for stage, t in totals.items()
+            if t.get("count")}
 
 
 def load_breakdown(info: dict, start_wall: float) -> dict:
