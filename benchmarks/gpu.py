@@ -208,13 +208,13 @@ def both_on_one_gpu(models: dict, args) -> dict:
     from PIL import Image
     from ray import serve
 
-    from videoserve.config import Settings, build_specs
+    from videoserve.config import Settings, build_specs, gpu_free_gib
     from videoserve.deployments import deploy, generator_handle
 
     start = time.perf_counter()
     start_wall = time.time()
     specs = build_specs("fastwan", t2v_model=str(models["t2v"]), i2v_model=str(models["i2v"]),
-                        gpu_count=args.gpus)
+                        gpu_count=args.gpus, gpu_free=(gpu_free_gib() or [])[:args.gpus] or None)
     specs = {task: replace(spec, synthetic=True) for task, spec in specs.items()}
     if args.gpus == 1 and args.shared_i2v_offload:
         # Another split of the one GPU than the preset's: what the I2V keeps off the GPU.
