@@ -2,7 +2,7 @@
 
 import sys
 
-from videoserve.ui import main
+from videoserve.ui.app import main
 
 if __name__ == "__main__":
     sys.exit(main())

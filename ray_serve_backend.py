@@ -2,7 +2,7 @@
 
 import sys
 
-from videoserve.backend_cli import main
+from videoserve.serve.backend_cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from videoserve.launcher import main
+from videoserve.serve.launcher import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from videoserve.smoke import main, run_checks  # noqa: F401 - run_checks is used by pytest
+from videoserve.devtools.smoke import main, run_checks  # noqa: F401 - run_checks is used by pytest
 
 
 def test_i2v_script_with_its_own_tiny_backend_requiring_a_key(capsys):

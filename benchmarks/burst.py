@@ -35,8 +35,9 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from videoserve.config import Settings, build_specs
-    from videoserve.deployments import deploy
+    from videoserve.core.config import Settings
+    from videoserve.serve.deployments import deploy
+    from videoserve.serve.presets import build_specs
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})

@@ -36,7 +36,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import environment, follow_job, log  # noqa: E402 - after the path insert
 
-from videoserve.config import CUDNN_FIRST  # noqa: E402 - plain Python, no GPU libraries
+from videoserve.engines.fastvideo.options import (
+    CUDNN_FIRST,
+)  # noqa: E402 - plain Python, no GPU libraries
 
 REFERENCE = "reference"
 FLOOR = "floor"
@@ -75,8 +77,8 @@ PARTS = {
 
 def engine_defaults(task: str, speed: str = "quality") -> dict:
     """The speed levers the fastwan preset turns on for this task in a speed mode
-    (videoserve.config)."""
-    from videoserve.config import FAST_LEVERS, FASTWAN_SPEED
+    (videoserve.core.config)."""
+    from videoserve.serve.presets import FAST_LEVERS, FASTWAN_SPEED
 
     levers = {k: v for k, v in FASTWAN_SPEED[task].items() if k != "warmup"}
     return {**levers, **FAST_LEVERS[task]} if speed == "fast" else levers
@@ -98,7 +100,7 @@ def measure(part: dict, model: str, name: str, options: dict, args) -> dict:
     from PIL import Image
 
     from videoserve.engines import GenerationParams
-    from videoserve.engines.fastvideo_engine import FastVideoEngine
+    from videoserve.engines.fastvideo.engine import FastVideoEngine
 
     image = Image.new("RGB", (args.width, args.height), (90, 120, 160)) if (
         part["task"] == "i2v") else None
@@ -208,8 +210,10 @@ def both_on_one_gpu(models: dict, args) -> dict:
     from PIL import Image
     from ray import serve
 
-    from videoserve.config import Settings, build_specs, gpu_free_gib
-    from videoserve.deployments import deploy, generator_handle
+    from videoserve.core.config import Settings
+    from videoserve.serve.deployments import deploy, generator_handle
+    from videoserve.serve.placement import gpu_free_gib
+    from videoserve.serve.presets import build_specs
 
     start = time.perf_counter()
     start_wall = time.time()
@@ -504,7 +508,7 @@ def main() -> None:
     if args.render:
         print(render(args.render))
         return
-    from videoserve.tiny_models import ensure_full_models
+    from videoserve.devtools.tiny_models import ensure_full_models
 
     names = args.part or ["fastwan"]
     tasks = ("t2v", "i2v") if "both" in names else tuple(

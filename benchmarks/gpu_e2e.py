@@ -35,7 +35,7 @@ PROMPT = "a red fox running through fresh snow at dawn"
 
 
 def fastwan_options(args: argparse.Namespace) -> dict:
-    from videoserve.config import NO_OFFLOAD
+    from videoserve.engines.fastvideo.options import NO_OFFLOAD
 
     options = dict(NO_OFFLOAD)
     if args.attention:
@@ -74,9 +74,9 @@ def raw_times(args: argparse.Namespace, model: str) -> list[float]:
 
 
 def engine_times(args: argparse.Namespace, model: str) -> tuple[list[float], dict]:
+    from videoserve.core.media import probe_mp4
     from videoserve.engines import GenerationParams
-    from videoserve.engines.fastvideo_engine import FastVideoEngine
-    from videoserve.media import probe_mp4
+    from videoserve.engines.fastvideo.engine import FastVideoEngine
 
     start = time.perf_counter()
     engine = FastVideoEngine(model, "t2v", "cuda", fastwan_options(args))
@@ -110,8 +110,9 @@ def served_times(args: argparse.Namespace, model: str,
     import ray
     from ray import serve
 
-    from videoserve.config import Settings, build_specs
-    from videoserve.deployments import deploy
+    from videoserve.core.config import Settings
+    from videoserve.serve.deployments import deploy
+    from videoserve.serve.presets import build_specs
 
     spec = build_specs("fastwan", t2v_model=model, gpu_count=1, tasks=("t2v",))["t2v"]
     spec = replace(spec, engine_options=options or fastwan_options(args), synthetic=True)
@@ -150,7 +151,7 @@ def served_times(args: argparse.Namespace, model: str,
 
 
 def build_full(folder: str) -> str:
-    from videoserve.tiny_models import ensure_full_models
+    from videoserve.devtools.tiny_models import ensure_full_models
 
     start = time.perf_counter()
     path = ensure_full_models(Path(folder), tasks=("t2v",))["t2v"]

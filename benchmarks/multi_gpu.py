@@ -84,7 +84,7 @@ def parts(args: argparse.Namespace) -> list[str]:
 def plan(args: argparse.Namespace) -> dict:
     """What this run will do: the backend commands and the engines' placement (the same
     resolution as the backend's flags)."""
-    from videoserve.config import build_specs
+    from videoserve.serve.presets import build_specs
 
     steps = {}
     if "replicas" in parts(args):
@@ -116,7 +116,7 @@ def backend_args(args: argparse.Namespace, model: str, replicas: int) -> list[st
 
 
 def i2v_spec(model: str, sp: int, gpus: int):
-    from videoserve.config import build_specs
+    from videoserve.serve.presets import build_specs
 
     return build_specs("fastwan", i2v_model=model, gpu_count=gpus, tasks=("i2v",),
                        sp_sizes={"i2v": sp})["i2v"]
@@ -124,13 +124,13 @@ def i2v_spec(model: str, sp: int, gpus: int):
 
 def build_models(folder: Path, tasks: tuple[str, ...]) -> dict[str, Path]:
     """Build what is missing in a subprocess (its GPU memory goes with it)."""
-    from videoserve.tiny_models import FULL, is_complete
+    from videoserve.devtools.tiny_models import FULL, is_complete
 
     paths = {task: folder / FULL.folder_names[task] for task in tasks}
     missing = [task for task, path in paths.items() if not is_complete(path, FULL)]
     if missing:
         log(f"building full-size {', '.join(missing)} in {folder}")
-        subprocess.run([sys.executable, "-m", "videoserve.tiny_models", "--size", "full",
+        subprocess.run([sys.executable, "-m", "videoserve.devtools.tiny_models", "--size", "full",
                         "--out", str(folder), "--tasks", *tasks], cwd=ROOT, check=True)
     log(f"models ready: {', '.join(str(p) for p in paths.values())}")
     return paths
@@ -287,7 +287,7 @@ def cancel_check(engine, args: argparse.Namespace, timeout: float = 180.0) -> di
 
 
 def per_step(args: argparse.Namespace, model: str, sp: int, gpus: int) -> dict:
-    from videoserve.engines.fastvideo_engine import FastVideoEngine
+    from videoserve.engines.fastvideo.engine import FastVideoEngine
 
     spec = i2v_spec(model, sp, gpus)
     log(f"sp_size={sp}: loading the I2V-14B (options {spec.engine_options})")
@@ -323,7 +323,7 @@ def per_step(args: argparse.Namespace, model: str, sp: int, gpus: int) -> dict:
 
 
 def sp_part(args: argparse.Namespace, model: str, results: dict, save) -> None:
-    from videoserve.config import cuda_gpu_count
+    from videoserve.serve.placement import cuda_gpu_count
 
     section = results.setdefault("sp", {})
     gpus = cuda_gpu_count()

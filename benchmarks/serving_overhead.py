@@ -36,7 +36,7 @@ def served_times(settings, body: dict, runs: int, port: int, threads: int) -> li
     import ray
     from ray import serve
 
-    from videoserve.deployments import deploy
+    from videoserve.serve.deployments import deploy
 
     ray.init(num_cpus=threads + 1, num_gpus=settings.models["t2v"].num_gpus and 1,
              include_dashboard=False, log_to_driver=False,
@@ -74,8 +74,10 @@ def main() -> None:
 
     import torch
 
-    from videoserve.config import Settings, build_specs, cuda_gpu_count
+    from videoserve.core.config import Settings
     from videoserve.engines import GenerationParams
+    from videoserve.serve.placement import cuda_gpu_count
+    from videoserve.serve.presets import build_specs
 
     torch.set_num_threads(args.threads)
     spec = build_specs("tiny", engine=args.engine, gpu_count=cuda_gpu_count(),

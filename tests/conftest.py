@@ -62,7 +62,7 @@ class ServeCluster:
 
 @pytest.fixture(scope="session")
 def tiny_models() -> dict[str, Path]:
-    from videoserve.tiny_models import ensure_tiny_models
+    from videoserve.devtools.tiny_models import ensure_tiny_models
 
     return ensure_tiny_models()
 

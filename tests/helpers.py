@@ -8,7 +8,7 @@ import io
 import requests
 from PIL import Image
 
-from videoserve.media import VideoInfo, probe_mp4
+from videoserve.core.media import VideoInfo, probe_mp4
 
 
 def png_bytes(width: int = 80, height: int = 60, seed: int = 0) -> bytes:

@@ -9,7 +9,8 @@ import pytest
 import requests
 
 from tests.conftest import REPO, free_port
-from videoserve.config import Settings, build_specs
+from videoserve.core.config import Settings
+from videoserve.serve.presets import build_specs
 
 SCREENSHOTS = REPO / "test-output" / "screenshots"
 # The backend requires this key; the UI is given it (a second key shows its jobs are private).
@@ -32,7 +33,7 @@ def e2e_backend(serve_cluster, tmp_path_factory) -> str:
     It requires an API key, as a shared server would."""
 
     from videoserve.client import VideoClient
-    from videoserve.deployments import deploy, undeploy
+    from videoserve.serve.deployments import deploy, undeploy
 
     specs = build_specs("tiny", gpu_count=0)
     specs["i2v"] = replace(specs["i2v"], engine="fastvideo")
@@ -50,8 +51,8 @@ def e2e_backend(serve_cluster, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="package")
 def ui_server(e2e_backend, tmp_path_factory) -> UiServer:
-    """The Gradio UI (``videoserve.ui``) launched in-process against the prefixed backend."""
-    from videoserve.ui import UiConfig, build_ui
+    """The Gradio UI (``videoserve.ui.app``) launched in-process against the prefixed backend."""
+    from videoserve.ui.app import UiConfig, build_ui
 
     assets = tmp_path_factory.mktemp("ui-assets")
     demo = build_ui(UiConfig(e2e_backend, api_key=API_KEY), assets)

@@ -324,7 +324,7 @@ def test_history_reuses_settings(page, ui_server):
 
 def test_tabs_show_the_model_and_follow_a_switch(page, ui_server, tmp_path):
     from tests.e2e.conftest import ADMIN_KEY, API_KEY
-    from videoserve.tiny_models import build_model
+    from videoserve.devtools.tiny_models import build_model
 
     t2v_line, i2v_line = page.locator("#t2v-model"), page.locator("#i2v-model")
     sync_api.expect(t2v_line).to_contain_text("builtin:tiny-wan-t2v (diffusers)")

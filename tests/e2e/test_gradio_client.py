@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from videoserve.media import probe_mp4
+from videoserve.core.media import probe_mp4
 
 gradio_client = pytest.importorskip("gradio_client")
 

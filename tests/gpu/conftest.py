@@ -40,7 +40,7 @@ WITH_14B = os.environ.get("VIDEOSERVE_GPU_TESTS_14B") == "1"
 
 @pytest.fixture(scope="session")
 def full_models(gpu_cluster, tmp_path_factory) -> dict[str, Path]:
-    from videoserve.tiny_models import ensure_full_models
+    from videoserve.devtools.tiny_models import ensure_full_models
 
     folder = os.environ.get("VIDEOSERVE_FULL_MODEL_DIR")
     cache = Path(folder) if folder else tmp_path_factory.mktemp("full-size")

@@ -6,7 +6,8 @@ import pytest
 import requests
 
 from tests.helpers import fetch_video, png_b64, png_bytes
-from videoserve.config import Settings, build_specs
+from videoserve.core.config import Settings
+from videoserve.serve.presets import build_specs
 
 pytestmark = pytest.mark.gpu
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.gpu
 def gpu_backend(gpu_cluster, tmp_path_factory):
     import torch
 
-    from videoserve.deployments import deploy, undeploy
+    from videoserve.serve.deployments import deploy, undeploy
 
     specs = build_specs("tiny", engine="fastvideo", gpu_count=torch.cuda.device_count())
     assert all(spec.num_gpus > 0 for spec in specs.values())

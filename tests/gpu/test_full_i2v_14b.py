@@ -20,7 +20,7 @@ pytestmark = pytest.mark.gpu
 @pytest.mark.skipif(not WITH_14B, reason="set VIDEOSERVE_GPU_TESTS_14B=1 (needs ~64 GiB)")
 def test_full_size_i2v_14b_cancel_frees_the_gpu_within_a_step(gpu_cluster, full_models,
                                                                tmp_path_factory):
-    from videoserve.deployments import undeploy
+    from videoserve.serve.deployments import undeploy
 
     name = deploy_model("i2v", full_models["i2v"], "wan14b", tmp_path_factory)
     url = f"{gpu_cluster.url}/{name}"
@@ -61,8 +61,10 @@ def test_both_models_placed_from_free_memory_and_the_i2v_fast_mode(gpu_cluster, 
     """The fastwan preset's placement on the first GPU, from its free memory now, with the I2V in
     the fast mode: /v1/placement says what each model offloads and why, and a 2-step I2V video
     in the fast mode comes back whole."""
-    from videoserve.config import Settings, build_specs, gpu_free_gib
-    from videoserve.deployments import deploy, undeploy
+    from videoserve.core.config import Settings
+    from videoserve.serve.deployments import deploy, undeploy
+    from videoserve.serve.placement import gpu_free_gib
+    from videoserve.serve.presets import build_specs
 
     free = gpu_free_gib()
     specs = build_specs("fastwan", t2v_model=str(full_models["t2v"]),

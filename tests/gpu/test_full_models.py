@@ -13,7 +13,9 @@ import pytest
 import requests
 
 from tests.helpers import fetch_video
-from videoserve.config import NO_OFFLOAD, Settings, build_specs
+from videoserve.core.config import Settings
+from videoserve.engines.fastvideo.options import NO_OFFLOAD
+from videoserve.serve.presets import build_specs
 
 pytestmark = pytest.mark.gpu
 
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.gpu
 def deploy_model(task: str, model: Path, name: str, tmp_path_factory, **options) -> str:
     import torch
 
-    from videoserve.deployments import deploy
+    from videoserve.serve.deployments import deploy
 
     spec = build_specs("fastwan", gpu_count=torch.cuda.device_count(), tasks=(task,),
                        **{f"{task}_model": str(model)})[task]
@@ -51,7 +53,7 @@ def follow(url: str, job_id: str, until, timeout: float = 900.0) -> list[tuple[f
 
 @pytest.fixture(scope="module")
 def fastwan(gpu_cluster, full_models, tmp_path_factory):
-    from videoserve.deployments import undeploy
+    from videoserve.serve.deployments import undeploy
 
     name = deploy_model("t2v", full_models["t2v"], "fastwan", tmp_path_factory)
     yield f"{gpu_cluster.url}/{name}"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from videoserve.config import ModelSpec
-from videoserve.engines import GenerationError, create_engine
+from videoserve.core.config import ModelSpec
+from videoserve.engines import Engine, GenerationError, create_engine
 
 FAIL_MARKER = "<<fail this generation>>"
 
 
-class FailOnMarker:
+class FailOnMarker(Engine):
     """Delegates to a real engine, but raises for prompts containing ``FAIL_MARKER``."""
 
     def __init__(self, engine: Any):
@@ -25,10 +25,14 @@ class FailOnMarker:
 
     @property
     def healthy(self) -> bool:
-        return getattr(self.engine, "healthy", True)
+        return self.engine.healthy
 
     def stats(self) -> dict[str, Any]:
-        return getattr(self.engine, "stats", dict)()
+        return self.engine.stats()
+
+    @property
+    def load_breakdown(self) -> dict[str, float]:
+        return self.engine.load_breakdown
 
     def close(self) -> None:
         self.engine.close()

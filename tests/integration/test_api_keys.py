@@ -8,7 +8,8 @@ import time
 import pytest
 import requests
 
-from videoserve.config import Settings, build_specs
+from videoserve.core.config import Settings
+from videoserve.serve.presets import build_specs
 
 APP = "keyed"
 KEY_A, KEY_B = "key-alice-0123456789", "key-bob-9876543210"
@@ -18,7 +19,7 @@ SMALL = {"num_frames": 5, "height": 16, "width": 16, "num_inference_steps": 1}
 
 @pytest.fixture(scope="module")
 def keyed(serve_cluster, tmp_path_factory):
-    from videoserve.deployments import deploy, undeploy
+    from videoserve.serve.deployments import deploy, undeploy
 
     settings = Settings(models=build_specs("tiny", gpu_count=0, tasks=("t2v",)),
                         output_path=tmp_path_factory.mktemp("keyed"), api_keys=(KEY_A, KEY_B),

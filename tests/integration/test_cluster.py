@@ -26,7 +26,7 @@ import requests
 
 from tests.conftest import REPO, free_port
 from tests.helpers import fetch_video, png_b64
-from videoserve.launcher import Managed, wait_for_backend
+from videoserve.serve.launcher import Managed, wait_for_backend
 
 RAY = Path(sys.executable).with_name("ray")
 SMALL = {"num_frames": 9, "height": 64, "width": 64, "num_inference_steps": 2}

@@ -16,8 +16,9 @@ import requests
 
 from tests.helpers import fetch_video, png_b64
 from tests.integration.faults import FAIL_MARKER, crash_fastvideo_worker
-from videoserve.config import Settings, build_specs
-from videoserve.protocol import Progress, Result, SamplingParams, WorkItem
+from videoserve.core.config import Settings
+from videoserve.core.sampling import Progress, Result, SamplingParams, WorkItem
+from videoserve.serve.presets import build_specs
 
 pytestmark = pytest.mark.fastvideo
 
@@ -28,7 +29,7 @@ LONG_I2V = {"num_frames": 17, "height": 128, "width": 128, "num_inference_steps"
 
 @pytest.fixture(scope="module")
 def fastvideo_backend(serve_cluster, tmp_path_factory):
-    from videoserve.deployments import deploy, generator_handle, undeploy
+    from videoserve.serve.deployments import deploy, generator_handle, undeploy
 
     specs = build_specs("tiny", engine="fastvideo", gpu_count=0)
     settings = Settings(models=specs, output_path=tmp_path_factory.mktemp("fv"))

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO, SHIM_DIR
+from videoserve.core.media import probe_mp4
 from videoserve.engines import GenerationCancelled, GenerationError, GenerationParams
-from videoserve.media import probe_mp4
 
 pytestmark = pytest.mark.fastvideo
 
@@ -28,7 +28,7 @@ STAGES = ["encoding_prompt", "encoding_image", "denoising", "decoding", "encodin
 # ranks' vote on a cancel; one configuration keeps the suite's time down (each loads twice).
 @pytest.fixture(scope="module", params=[{"sp_size": 2}], ids=["sp2"])
 def engine(request, tiny_models):
-    from videoserve.engines.fastvideo_engine import FastVideoEngine
+    from videoserve.engines.fastvideo.engine import FastVideoEngine
 
     with pytest.MonkeyPatch.context() as env:
         # The engine's process and fastvideo's workers (spawned by it) load the shim.

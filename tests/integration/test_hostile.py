@@ -22,8 +22,9 @@ import requests
 from PIL import Image
 
 from tests.helpers import png_bytes
-from videoserve.config import Settings, build_specs
-from videoserve.media import MediaError, fitted_png, image_size
+from videoserve.core.config import Settings
+from videoserve.core.media import MediaError, fitted_png, image_size
+from videoserve.serve.presets import build_specs
 
 APP = "hostile"
 ALLOWED_ORIGIN = "http://allowed.example"
@@ -35,7 +36,7 @@ REBINDING_HOST = "rebind.attacker.example"
 
 @pytest.fixture(scope="module")
 def hostile(serve_cluster, tmp_path_factory):
-    from videoserve.deployments import deploy, undeploy
+    from videoserve.serve.deployments import deploy, undeploy
 
     specs = {task: replace(spec, max_queued_requests=1000)
              for task, spec in build_specs("tiny", gpu_count=0).items()}

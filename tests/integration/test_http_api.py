@@ -11,12 +11,13 @@ import requests
 
 from tests.helpers import fetch_video, png_b64, png_bytes
 from tests.integration.faults import FAIL_MARKER, fail_on_marker
-from videoserve.config import Settings, build_specs
+from videoserve.core.config import Settings
+from videoserve.serve.presets import build_specs
 
 
 @pytest.fixture(scope="module")
 def backend(serve_cluster, tmp_path_factory):
-    from videoserve.deployments import deploy, undeploy
+    from videoserve.serve.deployments import deploy, undeploy
 
     output = tmp_path_factory.mktemp("out")
     settings = Settings(models=build_specs("tiny", gpu_count=0), output_path=output,
@@ -30,7 +31,7 @@ def backend(serve_cluster, tmp_path_factory):
 def faulty_backend(serve_cluster, tmp_path_factory):
     """A T2V-only app whose engine fails on a marker prompt."""
 
-    from videoserve.deployments import deploy, undeploy
+    from videoserve.serve.deployments import deploy, undeploy
 
     settings = Settings(models=build_specs("tiny", gpu_count=0, tasks=("t2v",)),
                         output_path=tmp_path_factory.mktemp("faulty"))

@@ -9,8 +9,9 @@ import pytest
 import requests
 
 from tests.helpers import png_bytes
-from videoserve.config import Settings, build_specs
-from videoserve.media import probe_mp4
+from videoserve.core.config import Settings
+from videoserve.core.media import probe_mp4
+from videoserve.serve.presets import build_specs
 
 APP = "jobs"
 # Denoising long enough to be caught mid-way (each step is short on the tiny model).
@@ -19,7 +20,7 @@ LONG = {"height": 256, "width": 256, "num_frames": 33, "num_inference_steps": 50
 
 @pytest.fixture(scope="module")
 def jobs_backend(serve_cluster, tmp_path_factory):
-    from videoserve.deployments import deploy, undeploy
+    from videoserve.serve.deployments import deploy, undeploy
 
     settings = Settings(models=build_specs("tiny", gpu_count=0),
                         output_path=tmp_path_factory.mktemp("jobs"))
@@ -29,7 +30,7 @@ def jobs_backend(serve_cluster, tmp_path_factory):
 
 
 def generations(task: str = "t2v") -> int:
-    from videoserve.deployments import generator_handle
+    from videoserve.serve.deployments import generator_handle
 
     handle = generator_handle(APP, task)
     return handle.info.remote().result(timeout_s=120)["generations"]
@@ -186,7 +187,7 @@ def test_content_route_honours_range_and_states(jobs_backend):
 
 
 def test_jobs_and_videos_survive_a_restart(serve_cluster, tmp_path):
-    from videoserve.deployments import deploy, undeploy
+    from videoserve.serve.deployments import deploy, undeploy
 
     settings = Settings(models=build_specs("tiny", gpu_count=0, tasks=("t2v",)),
                         output_path=tmp_path)

@@ -11,7 +11,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_jobs_api import LONG, create, finished, poll_until
-from videoserve.config import Settings, build_specs
+from videoserve.core.config import Settings
+from videoserve.serve.presets import build_specs
 
 APP = "observe"
 SMALL = {"num_frames": 5, "height": 32, "width": 32, "num_inference_steps": 4}
@@ -21,7 +22,7 @@ SMALL = {"num_frames": 5, "height": 32, "width": 32, "num_inference_steps": 4}
 def observed(serve_cluster, tmp_path_factory):
     from ray import serve
 
-    from videoserve.deployments import build_app
+    from videoserve.serve.deployments import build_app
 
     specs = build_specs("tiny", gpu_count=0, tasks=("t2v",))
     # One job may wait: the next one is refused, which the refusal counter must show.

@@ -9,8 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from videoserve.config import Settings, build_specs
-from videoserve.media import probe_mp4
+from videoserve.core.config import Settings
+from videoserve.core.media import probe_mp4
+from videoserve.serve.presets import build_specs
 
 APP = "switch"
 # Long enough that a few jobs are still queued when the switch is asked for.
@@ -20,7 +21,7 @@ SLOW = {"model": "t2v", "prompt": "a slow one", "size": "64x64", "num_frames": 9
 
 @pytest.fixture(scope="module")
 def switch_backend(serve_cluster, tmp_path_factory):
-    from videoserve.deployments import deploy, undeploy
+    from videoserve.serve.deployments import deploy, undeploy
 
     # No keys: model management is allowed for loopback clients, from the test's own folders.
     settings = Settings(models=build_specs("tiny", gpu_count=0, tasks=("t2v",)),
@@ -34,7 +35,7 @@ def switch_backend(serve_cluster, tmp_path_factory):
 @pytest.fixture(scope="module")
 def other_t2v(tmp_path_factory):
     """A second tiny T2V build: the same shapes, its DiT from another seed."""
-    from videoserve.tiny_models import build_model
+    from videoserve.devtools.tiny_models import build_model
 
     return build_model("t2v", tmp_path_factory.mktemp("seed1"), "tiny", seed=1)
 
@@ -98,7 +99,7 @@ def queued_prompt(url: str, prompt: str) -> bool:
 
 
 def test_switch_while_jobs_are_queued(switch_backend, other_t2v):
-    from videoserve.deployments import generator_apps
+    from videoserve.serve.generations import generator_apps
 
     url = switch_backend
     before = t2v_model(url)

@@ -12,7 +12,8 @@ from dataclasses import replace
 import pytest
 import requests
 
-from videoserve.config import Settings, build_specs
+from videoserve.core.config import Settings
+from videoserve.serve.presets import build_specs
 
 APP = "res"
 # ~0.1 s a step on the 2-core CI machine: long enough to kill something mid-job.
@@ -23,7 +24,7 @@ LONG = {"num_frames": 9, "height": 256, "width": 256, "num_inference_steps": 40}
 def backend(serve_cluster, tmp_path_factory):
     from ray import serve
 
-    from videoserve.deployments import deploy, generator_handle, undeploy
+    from videoserve.serve.deployments import deploy, generator_handle, undeploy
 
     specs = {task: replace(spec, max_queued_requests=16)
              for task, spec in build_specs("tiny", gpu_count=0).items()}

@@ -14,7 +14,7 @@ import psutil
 import requests
 
 from tests.conftest import REPO, free_port
-from videoserve.launcher import Managed, wait_for_backend
+from videoserve.serve.launcher import Managed, wait_for_backend
 
 SMALL = {"num_frames": 9, "height": 64, "width": 64, "num_inference_steps": 8}
 LONG = {"num_frames": 9, "height": 256, "width": 256, "num_inference_steps": 30}

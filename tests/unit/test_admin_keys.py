@@ -8,8 +8,9 @@ import pytest
 from fastapi import FastAPI
 from starlette.testclient import TestClient
 
-from videoserve.api import add_middlewares
-from videoserve.config import Settings, build_specs
+from videoserve.core.config import Settings
+from videoserve.http.app import add_middlewares
+from videoserve.serve.presets import build_specs
 
 USER, ADMIN = "user-key-0123", "admin-key-4567"
 LOCAL = ("127.0.0.1", 40000)

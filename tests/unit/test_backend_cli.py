@@ -1,7 +1,7 @@
 import pytest
 
-from videoserve.backend_cli import app_builder, build_parser, main, settings_from_args
-from videoserve.deployments import generator
+from videoserve.serve.backend_cli import app_builder, build_parser, main, settings_from_args
+from videoserve.serve.generations import generator
 
 
 def test_flags_become_settings(tmp_path):
@@ -14,7 +14,7 @@ def test_flags_become_settings(tmp_path):
 
 def test_fastvideo_without_gpu_exits_with_the_way_out(capsys, monkeypatch):
     monkeypatch.delenv("VIDEOSERVE_FASTVIDEO_CPU_SHIM", raising=False)
-    monkeypatch.setattr("videoserve.backend_cli.cuda_gpu_count", lambda: 0)
+    monkeypatch.setattr("videoserve.serve.backend_cli.cuda_gpu_count", lambda: 0)
     assert main(["--preset", "fastwan"]) == 2
     assert "--preset tiny" in capsys.readouterr().err
 
@@ -33,7 +33,7 @@ def test_serve_run_builder_parses_the_same_options(tmp_path):
 
 
 def test_api_keys_and_origins_from_flags_and_environment(monkeypatch, caplog):
-    from videoserve.backend_cli import warn_if_open
+    from videoserve.serve.backend_cli import warn_if_open
 
     monkeypatch.setenv("VIDEOSERVE_API_KEYS", "k2, k3,,k1")
     args = build_parser().parse_args(["--preset", "tiny", "--api_key", "k1", "--api_key", "k4",
@@ -52,8 +52,8 @@ def test_api_keys_and_origins_from_flags_and_environment(monkeypatch, caplog):
 
 
 def test_launcher_passes_keys_in_the_environment():
-    from videoserve.launcher import backend_command, key_environments
-    from videoserve.launcher import build_parser as launcher_parser
+    from videoserve.serve.launcher import backend_command, key_environments
+    from videoserve.serve.launcher import build_parser as launcher_parser
 
     args = launcher_parser().parse_args(["--api_key", "secret-1", "--api_key", "secret-2",
                                          "--cors_origins", "https://a.example"])
@@ -67,9 +67,9 @@ def test_launcher_passes_keys_in_the_environment():
 def test_metrics_export_port_goes_to_a_locally_started_ray(monkeypatch):
     import ray
 
-    from videoserve.backend_cli import start
-    from videoserve.launcher import backend_command
-    from videoserve.launcher import build_parser as launcher_parser
+    from videoserve.serve.backend_cli import start
+    from videoserve.serve.launcher import backend_command
+    from videoserve.serve.launcher import build_parser as launcher_parser
 
     class Started(Exception):
         pass
@@ -107,7 +107,7 @@ def test_generator_resources_go_to_every_generator_replica(tmp_path):
 
 
 def test_the_backend_pins_the_ingress_to_its_own_node(tmp_path):
-    from videoserve.deployments import build_app
+    from videoserve.serve.deployments import build_app
 
     settings = settings_from_args(build_parser().parse_args(["--preset", "tiny"]))
     options = build_app(settings, ingress_node_id="ab12")._bound_deployment.ray_actor_options
@@ -134,8 +134,8 @@ def test_bad_generator_resources_name_the_problem(capsys, value, message):
 
 
 def test_launcher_forwards_generator_resources():
-    from videoserve.launcher import backend_command
-    from videoserve.launcher import build_parser as launcher_parser
+    from videoserve.serve.launcher import backend_command
+    from videoserve.serve.launcher import build_parser as launcher_parser
 
     args = launcher_parser().parse_args(["--ray_address", "10.0.0.1:6379",
                                          "--generator_resources", '{"gpu_node": 1}'])
@@ -151,7 +151,7 @@ def test_local_start_never_joins_another_cluster_and_shutdown_removes_only_its_o
     import ray
     from ray import serve
 
-    from videoserve import backend_cli, deployments
+    from videoserve.serve import backend_cli, deployments
 
     monkeypatch.setattr(deployments, "wait_ready", lambda handle, timeout_s: None)
     calls: list = []
@@ -190,7 +190,7 @@ def test_local_start_never_joins_another_cluster_and_shutdown_removes_only_its_o
 
 
 def test_sp_size_flags(monkeypatch, capsys):
-    monkeypatch.setattr("videoserve.backend_cli.cuda_gpu_count", lambda: 2)
+    monkeypatch.setattr("videoserve.serve.backend_cli.cuda_gpu_count", lambda: 2)
     args = build_parser().parse_args(["--preset", "fastwan", "--tasks", "i2v",
                                       "--i2v_sp_size", "2"])
     spec = settings_from_args(args).models["i2v"]
@@ -202,8 +202,8 @@ def test_sp_size_flags(monkeypatch, capsys):
 
 
 def test_launcher_forwards_sp_size():
-    from videoserve.launcher import backend_command
-    from videoserve.launcher import build_parser as launcher_parser
+    from videoserve.serve.launcher import backend_command
+    from videoserve.serve.launcher import build_parser as launcher_parser
 
     command = backend_command(launcher_parser().parse_args(["--i2v_sp_size", "2"]))
     assert command[command.index("--i2v_sp_size") + 1] == "2"
@@ -225,7 +225,7 @@ def test_admin_keys_from_flags_and_environment_and_non_ascii_keys_refused(monkey
     settings = settings_from_args(args)
     assert settings.api_keys == ("u1",) and settings.admin_api_keys == ("a1", "a2")
     assert "a1" not in repr(settings) and str(settings.model_dir) == "/data/models"
-    monkeypatch.setattr("videoserve.backend_cli.start", refuse_to_start)
+    monkeypatch.setattr("videoserve.serve.backend_cli.start", refuse_to_start)
     for flag in ("--api_key", "--admin_api_key"):
         assert main(["--preset", "tiny", flag, "clé-secrète"]) == 2
         err = capsys.readouterr().err
@@ -234,7 +234,7 @@ def test_admin_keys_from_flags_and_environment_and_non_ascii_keys_refused(monkey
 
 def test_model_management_without_keys_only_on_loopback(monkeypatch, capsys, tmp_path):
     monkeypatch.delenv("VIDEOSERVE_API_KEYS", raising=False)
-    monkeypatch.setattr("videoserve.backend_cli.start", refuse_to_start)
+    monkeypatch.setattr("videoserve.serve.backend_cli.start", refuse_to_start)
     base = ["--preset", "tiny", "--output_path", str(tmp_path), "--allow_model_management"]
     assert main([*base, "--host", "0.0.0.0"]) == 2
     assert "--allow_model_management needs a loopback --host" in capsys.readouterr().err
@@ -247,8 +247,8 @@ def test_model_management_without_keys_only_on_loopback(monkeypatch, capsys, tmp
 
 
 def test_launcher_passes_admin_keys_in_the_environment_and_forwards_the_switches():
-    from videoserve.launcher import backend_command, key_environments
-    from videoserve.launcher import build_parser as launcher_parser
+    from videoserve.serve.launcher import backend_command, key_environments
+    from videoserve.serve.launcher import build_parser as launcher_parser
 
     args = launcher_parser().parse_args(["--admin_api_key", "adm-1", "--recover_jobs",
                                          "--model_dir", "/data/models"])
@@ -266,7 +266,7 @@ def test_a_damaged_job_table_stops_the_backend_before_ray_starts(tmp_path, monke
 
     path = page_corrupted(tmp_path)
     damaged = path.read_bytes()
-    monkeypatch.setattr("videoserve.backend_cli.start", refuse_to_start)
+    monkeypatch.setattr("videoserve.serve.backend_cli.start", refuse_to_start)
     assert main(["--preset", "tiny", "--output_path", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"the job table {path} is damaged" in err and "--recover_jobs" in err, err
@@ -277,7 +277,7 @@ def test_recover_jobs_saves_the_readable_rows_then_starts(tmp_path, monkeypatch,
     from tests.unit.test_job_table import JOBS, page_corrupted
 
     path = page_corrupted(tmp_path)
-    monkeypatch.setattr("videoserve.backend_cli.start", refuse_to_start)
+    monkeypatch.setattr("videoserve.serve.backend_cli.start", refuse_to_start)
     with caplog.at_level("WARNING"), pytest.raises(Started):
         main(["--preset", "tiny", "--output_path", str(tmp_path), "--recover_jobs",
               "--port", "1"])

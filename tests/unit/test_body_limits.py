@@ -7,7 +7,7 @@ import json
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from videoserve.limits import BodyBudget, BodyRules, BodySizeLimit
+from videoserve.http.body_limits import BodyBudget, BodyRules, BodySizeLimit
 
 MIB = 1024 * 1024
 

@@ -1,6 +1,8 @@
 import pytest
 
-from videoserve.config import NO_OFFLOAD, ConfigError, build_specs
+from videoserve.core.config import ConfigError
+from videoserve.engines.fastvideo.options import NO_OFFLOAD
+from videoserve.serve.presets import build_specs
 
 
 def test_tiny_preset_runs_on_cpu_with_diffusers():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from videoserve.engines.fastvideo_dit import StepCache, fp8_linear, fp8_linears, quantize_rows
+from videoserve.engines.fastvideo.dit import StepCache, fp8_linear, fp8_linears, quantize_rows
 
 
 def test_fp8_rows_keep_the_linear_within_a_few_percent():

@@ -4,11 +4,11 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from videoserve.backend_cli import build_parser, main, settings_from_args
-from videoserve.hosts import AllowedHosts, default_allowed_hosts, parse_host
-from videoserve.launcher import backend_command
-from videoserve.launcher import build_parser as launcher_parser
-from videoserve.security import RequestGuard
+from videoserve.http.hosts import AllowedHosts, default_allowed_hosts, parse_host
+from videoserve.http.security import RequestGuard
+from videoserve.serve.backend_cli import build_parser, main, settings_from_args
+from videoserve.serve.launcher import backend_command
+from videoserve.serve.launcher import build_parser as launcher_parser
 
 PORT = 8000
 

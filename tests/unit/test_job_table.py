@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from videoserve.job_table import DamagedJobTable, check, recover_table
-from videoserve.jobs import Job, JobStore, new_job_id
-from videoserve.protocol import SamplingParams
+from videoserve.core.job_table import DamagedJobTable, check, recover_table
+from videoserve.core.jobs import Job, JobStore, new_job_id
+from videoserve.core.sampling import SamplingParams
 
 PAGE = 4096  # SQLite's default page size
 JOBS = 60

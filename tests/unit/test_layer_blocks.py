@@ -5,7 +5,7 @@ from __future__ import annotations
 import fastvideo.hooks.layerwise_offload as offload
 import torch
 
-from videoserve.engines.fastvideo_adapter import HOST_ALIGN, host_block_for_layer
+from videoserve.engines.fastvideo.adapter import HOST_ALIGN, host_block_for_layer
 
 
 def bare_state():
@@ -38,7 +38,7 @@ def test_a_layer_lives_in_one_block_of_views():
 
 
 def test_fastvideo_pinning_is_kept_where_a_block_cannot_be_pinned(monkeypatch):
-    from videoserve.engines import fastvideo_adapter as adapter
+    from videoserve.engines.fastvideo import adapter
 
     cls = offload.LayerwiseOffloadState
     fastvideo_own = []

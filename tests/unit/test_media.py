@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from videoserve.media import (
+from videoserve.core.media import (
     MediaError,
     decode_base64,
     decode_image,
@@ -77,7 +77,7 @@ def test_write_atomic_leaves_no_temp_files(tmp_path):
 
 
 def test_temp_files_of_dead_processes_are_removed(tmp_path):
-    from videoserve.media import remove_orphaned_temp_files, temp_prefix
+    from videoserve.core.media import remove_orphaned_temp_files, temp_prefix
 
     dead = tmp_path / "videoserve-999999999-abc.mp4"  # no such pid
     dead_dir = tmp_path / "videoserve-999999999-in-xyz"

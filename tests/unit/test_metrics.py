@@ -11,13 +11,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.unit.test_runner import PARAMS, FakeGenerators, add, finished, until
-from videoserve.access_log import ProbeAccessFilter, quiet_probe_access_logs
-from videoserve.config import build_specs
-from videoserve.errors import ApiError
-from videoserve.jobs import Job, JobStore, new_job_id
-from videoserve.metrics import ServiceMetrics
-from videoserve.protocol import Cancelled, Failed, Progress, Result, Started
-from videoserve.runner import JobRunner
+from videoserve.core.errors import ServiceError
+from videoserve.core.jobs import Job, JobStore, new_job_id
+from videoserve.core.metrics import ServiceMetrics
+from videoserve.core.runner import JobRunner
+from videoserve.core.sampling import Cancelled, Failed, Progress, Result, Started
+from videoserve.http.access_log import ProbeAccessFilter, quiet_probe_access_logs
+from videoserve.serve.presets import build_specs
 
 SPECS = build_specs("tiny", gpu_count=0)
 T2V = SPECS["t2v"].model  # the label the metrics carry
@@ -61,7 +61,7 @@ def test_counts_follow_the_runner(tmp_path):
         waiting = runner.submit(replace(template, id=new_job_id()))
         fake.gate.clear()
         await runner.cancel(waiting.id)
-        with pytest.raises(ApiError):
+        with pytest.raises(ServiceError):
             runner.admit("t2v", queue_limit=0, count=2)
         runner.stop()
         return scrape(metrics)

@@ -11,8 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from videoserve.model_sizes import FULL, SIZES, TINY, new_component, transformer_extra_shapes
-from videoserve.tiny_models import (
+from videoserve.devtools.model_sizes import (
+    FULL,
+    SIZES,
+    TINY,
+    new_component,
+    transformer_extra_shapes,
+)
+from videoserve.devtools.tiny_models import (
     EXTRA_WEIGHTS_NAME,
     MARKER_NAME,
     ensure_models,

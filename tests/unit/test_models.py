@@ -7,9 +7,10 @@ from dataclasses import replace
 
 import pytest
 
-from videoserve.config import build_specs
-from videoserve.errors import ApiError
-from videoserve.models import ModelManager
+from videoserve.core.errors import ServiceError
+from videoserve.core.model_switch import ModelManager
+from videoserve.http.errors import as_api_error
+from videoserve.serve.presets import build_specs
 
 SPECS = build_specs("tiny", gpu_count=0)
 
@@ -105,9 +106,9 @@ def test_unload_then_load_again_and_validation(tmp_path):
         await manager.start()
         await settle(manager, deployer, lambda: manager.capacity("i2v") == 1)
         for changes in ({"replicas": 0}, {"model": " "}):
-            with pytest.raises(ApiError) as refused:
+            with pytest.raises(ServiceError) as refused:
                 manager.update("i2v", **changes)
-            assert refused.value.status == 422
+            assert as_api_error(refused.value).status == 422
         assert manager.unload("i2v")["state"] == "unloaded"
         await settle(manager, deployer, lambda: ("i2v", 2) not in deployer.live)
         assert manager.spec("i2v") is None and manager.readiness()["i2v"]["state"] == "UNLOADED"
@@ -167,9 +168,10 @@ def test_a_switch_loads_only_hub_ids_start_models_and_folders_under_model_dir(tm
         before = list(deployer.log)
         messages = set()
         for name in refused_names:
-            with pytest.raises(ApiError) as refused:
+            with pytest.raises(ServiceError) as refused:
                 manager.update("t2v", model=name)
-            assert (refused.value.status, refused.value.code) == (403, "model_not_allowed"), name
+            answer = as_api_error(refused.value)
+            assert (answer.status, answer.code) == (403, "model_not_allowed"), name
             messages.add(refused.value.message)
         # One message for all: whether a path exists, or what it holds, is never told.
         assert len(messages) == 1 and "/" not in messages.pop().replace("org/name", "")
@@ -197,8 +199,9 @@ def test_without_model_dir_no_folder_may_be_loaded(tmp_path):
         manager = new_manager(tmp_path, FakeDeployer())
         await manager.start()
         for name in (str(tmp_path / "folder"), "folder", "a/b/c"):
-            with pytest.raises(ApiError) as refused:
+            with pytest.raises(ServiceError) as refused:
                 manager.update("t2v", model=name)
-            assert refused.value.status == 403 and "none is set" in refused.value.message
+            assert as_api_error(refused.value).status == 403
+            assert "none is set" in refused.value.message
 
     asyncio.run(main())

@@ -7,7 +7,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.unit.test_service_unload import SMALL, new_service
-from videoserve.api import create_app
+from videoserve.http.app import create_app
 
 TYPED = {("get", "/v1/videos/{job_id}"): "VideoObject", ("get", "/v1/videos"): "VideoList",
          ("post", "/v1/videos"): "VideoObject", ("get", "/v1/models"): "ModelList",

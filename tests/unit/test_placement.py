@@ -6,15 +6,17 @@ import subprocess
 
 import pytest
 
-from videoserve import config
-from videoserve.config import FAST_LEVERS, ConfigError, build_specs, gpu_free_gib
+from videoserve.core.config import ConfigError
+from videoserve.engines.fastvideo.options import FASTVIDEO_OFFLOAD_FLAGS
+from videoserve.serve.placement import gpu_free_gib
+from videoserve.serve.presets import FAST_LEVERS, build_specs
 
 H100_FREE = [79.1]  # GiB free on an idle 80 GB card
 H200_FREE = [139.3]  # on an idle 141 GB card
 
 
 def offloaded(spec) -> list[str]:
-    return [flag for flag in config.FASTVIDEO_OFFLOAD_FLAGS if spec.engine_options.get(flag)]
+    return [flag for flag in FASTVIDEO_OFFLOAD_FLAGS if spec.engine_options.get(flag)]
 
 
 def test_a_141_gb_gpu_holds_both_models_with_nothing_offloaded():
@@ -136,7 +138,7 @@ def test_an_unknown_speed_is_refused_naming_the_choices():
 
 
 def test_fast_without_a_gpu_is_ignored_with_a_log_line(caplog):
-    with caplog.at_level(logging.INFO, logger="videoserve.config"):
+    with caplog.at_level(logging.INFO, logger="videoserve.core.config"):
         specs = build_specs("tiny", gpu_count=0, speeds={"t2v": "fast", "i2v": "fast"})
     assert all(s.speed == "quality" and "dit_fp8" not in s.engine_options
                for s in specs.values())
@@ -144,10 +146,10 @@ def test_fast_without_a_gpu_is_ignored_with_a_log_line(caplog):
 
 
 def test_the_speed_flags_reach_the_specs(monkeypatch):
-    from videoserve.backend_cli import build_parser, settings_from_args
+    from videoserve.serve.backend_cli import build_parser, settings_from_args
 
-    monkeypatch.setattr("videoserve.backend_cli.cuda_gpu_count", lambda: 1)
-    monkeypatch.setattr("videoserve.backend_cli.gpu_free_gib", lambda: H200_FREE)
+    monkeypatch.setattr("videoserve.serve.backend_cli.cuda_gpu_count", lambda: 1)
+    monkeypatch.setattr("videoserve.serve.backend_cli.gpu_free_gib", lambda: H200_FREE)
     args = build_parser().parse_args(["--preset", "fastwan", "--i2v_speed", "fast"])
     specs = settings_from_args(args).models
     assert specs["i2v"].speed == "fast" and specs["i2v"].engine_options["dit_fp8"] is True

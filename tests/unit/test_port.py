@@ -12,9 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.conftest import free_port
-from videoserve.backend_cli import check_port_free, confirm_serving, main
 from videoserve.client import BackendError, VideoClient
-from videoserve.config import ConfigError
+from videoserve.core.config import ConfigError
+from videoserve.serve.backend_cli import check_port_free, confirm_serving, main
 
 
 def serve(body: bytes, content_type: str) -> Iterator[int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 
-from videoserve.engines.progress_channel import CAPACITY, ProgressChannel
+from videoserve.engines.fastvideo.progress_channel import CAPACITY, ProgressChannel
 
 
 def _worker(name: str, steps: int, done) -> None:

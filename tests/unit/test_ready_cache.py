@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from videoserve.deployments import READY_MAX_AGE_S, FreshWithin
+from videoserve.serve.deployments import READY_MAX_AGE_S, FreshWithin
 
 
 def test_a_flood_of_callers_shares_one_read_until_it_is_stale():

@@ -6,10 +6,11 @@ import asyncio
 
 import pytest
 
-from videoserve.errors import ApiError
-from videoserve.jobs import InvalidTransition, Job, JobStore, new_job_id
-from videoserve.protocol import Cancelled, Failed, Progress, Result, SamplingParams, Started
-from videoserve.runner import JobObserver, JobRunner
+from videoserve.core.errors import ServiceError
+from videoserve.core.jobs import InvalidTransition, Job, JobStore, new_job_id
+from videoserve.core.runner import JobObserver, JobRunner
+from videoserve.core.sampling import Cancelled, Failed, Progress, Result, SamplingParams, Started
+from videoserve.http.errors import as_api_error
 
 PARAMS = SamplingParams(prompt="p", negative_prompt="", seed=1, guidance_scale=1.0,
                         num_frames=5, height=16, width=16, num_inference_steps=3, fps=8)
@@ -200,11 +201,12 @@ def test_admission_refuses_with_retry_after(tmp_path):
         add(runner)
     runner.admit("t2v", queue_limit=3)
     add(runner)
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(ServiceError) as info:
         runner.admit("t2v", queue_limit=3)
-    assert info.value.status == 429 and int(info.value.headers["Retry-After"]) >= 1
+    answer = as_api_error(info.value)
+    assert answer.status == 429 and int(answer.headers["Retry-After"]) >= 1
     runner.admit("i2v", queue_limit=3)  # another task's queue is separate
-    with pytest.raises(ApiError):
+    with pytest.raises(ServiceError):
         runner.admit("i2v", queue_limit=3, count=4)
 
 
@@ -250,7 +252,7 @@ def test_jobs_of_a_model_no_longer_deployed_fail_at_restart(tmp_path):
 
 
 def test_a_cancel_the_generator_ignores_ends_the_stream(tmp_path, monkeypatch):
-    monkeypatch.setattr("videoserve.runner.FORCE_CANCEL_S", 0.2)
+    monkeypatch.setattr("videoserve.core.runner.FORCE_CANCEL_S", 0.2)
 
     async def main():
         fake = FakeGenerators()

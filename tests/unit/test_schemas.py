@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from videoserve.schemas import GenerateVideoRequest
+from videoserve.core.request import GenerateVideoRequest
 
 
 def test_minimal_request_leaves_parameters_unset():
@@ -54,14 +54,14 @@ def test_frames_of_form_4k_plus_1_are_accepted():
 def test_booleans_are_not_numbers(field, value):
     from pydantic import ValidationError
 
-    from videoserve.schemas import GenerateVideoRequest
+    from videoserve.core.request import GenerateVideoRequest
 
     with pytest.raises(ValidationError):
         GenerateVideoRequest(prompt="x", **{field: value})
 
 
 def test_floats_take_integers():
-    from videoserve.schemas import GenerateVideoRequest
+    from videoserve.core.request import GenerateVideoRequest
 
     assert GenerateVideoRequest(prompt="x", guidance_scale=2).guidance_scale == 2.0
 

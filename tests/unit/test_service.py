@@ -1,10 +1,11 @@
 import pytest
 
-from videoserve.config import build_specs
-from videoserve.errors import ApiError
-from videoserve.protocol import resolve
-from videoserve.schemas import GenerateVideoRequest
-from videoserve.service import read_sandboxed, select_task
+from videoserve.core.errors import ServiceError
+from videoserve.core.request import GenerateVideoRequest
+from videoserve.core.sampling import resolve
+from videoserve.core.service import read_sandboxed, select_task
+from videoserve.http.errors import as_api_error
+from videoserve.serve.presets import build_specs
 
 TINY = build_specs("tiny", gpu_count=0)
 
@@ -31,13 +32,13 @@ def test_randomize_seed_overrides_seed():
 @pytest.mark.parametrize(("field", "value"), [("num_frames", 85), ("height", 848),
                                                ("num_inference_steps", 51)])
 def test_model_limits(field, value):
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(ServiceError) as info:
         resolve(GenerateVideoRequest(prompt="x", **{field: value}), TINY["t2v"])
-    assert info.value.status == 422 and info.value.param == field
+    assert as_api_error(info.value).status == 422 and info.value.param == field
 
 
 def test_pixel_budget():
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(ServiceError) as info:
         resolve(GenerateVideoRequest(prompt="x", height=832, width=832), TINY["t2v"])
     assert info.value.param == "width"
 
@@ -55,25 +56,25 @@ def test_sandbox(tmp_path):
     assert read_sandboxed(root, str(root / "ok.png"), 100) == b"ok"
     for escape in ("../secret.png", str(tmp_path / "secret.png"), "link.png", "/etc/passwd",
                    "inner.png", "outdir/secret.png", "loop.png"):
-        with pytest.raises(ApiError) as info:
+        with pytest.raises(ServiceError) as info:
             read_sandboxed(root, escape, 100)
-        assert info.value.status == 403, escape
+        assert as_api_error(info.value).status == 403, escape
         assert str(tmp_path) not in info.value.message
     for bad in ("missing.png", "a\x00b.png", "x" * 300, ".", "loop.png/x"):
-        with pytest.raises(ApiError) as info:
+        with pytest.raises(ServiceError) as info:
             read_sandboxed(root, bad, 100)
-        assert info.value.status in (400, 403), bad
-    with pytest.raises(ApiError) as info:
+        assert as_api_error(info.value).status in (400, 403), bad
+    with pytest.raises(ServiceError) as info:
         read_sandboxed(root, "ok.png", 1)
-    assert info.value.status == 422
+    assert as_api_error(info.value).status == 422
 
 
 def test_a_job_table_written_before_owners_still_loads(tmp_path):
     import json
     import sqlite3
 
-    from videoserve.jobs import Job, JobStore
-    from videoserve.protocol import SamplingParams
+    from videoserve.core.jobs import Job, JobStore
+    from videoserve.core.sampling import SamplingParams
 
     params = SamplingParams("x", "", 1, 1.0, 5, 16, 16, 1, 8)
     old = Job(id="video_" + "a" * 24, task="t2v", model="m", engine="e", synthetic=True,

@@ -10,11 +10,12 @@ import pytest
 
 from tests.helpers import png_b64
 from tests.unit.test_models import SPECS, FakeDeployer
-from videoserve.config import Settings
-from videoserve.errors import ApiError
-from videoserve.models import ModelManager
-from videoserve.schemas import GenerateVideoRequest
-from videoserve.service import VideoService
+from videoserve.core.config import Settings
+from videoserve.core.errors import ServiceError
+from videoserve.core.model_switch import ModelManager
+from videoserve.core.request import GenerateVideoRequest
+from videoserve.core.service import VideoService
+from videoserve.http.errors import as_api_error
 
 SMALL = {"num_frames": 5, "height": 16, "width": 16, "num_inference_steps": 1}
 
@@ -45,17 +46,18 @@ def test_a_waiting_generate_request_gets_503_model_unloaded(tmp_path):
         waiting = asyncio.create_task(service.generate(GenerateVideoRequest(prompt="x", **SMALL)))
         await until(lambda: service.runner.counts("t2v") == (1, 0))
         service.unload_model("t2v")
-        with pytest.raises(ApiError) as info:
+        with pytest.raises(ServiceError) as info:
             await waiting
         service.runner.stop()
         return info.value
     error = asyncio.run(main())
-    assert (error.status, error.code) == (503, "model_unloaded"), (error.status, error.message)
-    assert int(error.headers["Retry-After"]) > 0 and "unloaded" in error.message
+    answer = as_api_error(error)  # what the client sees
+    assert (answer.status, answer.code) == (503, "model_unloaded"), (answer.status, answer.message)
+    assert int(answer.headers["Retry-After"]) > 0 and "unloaded" in answer.message
 
 
 def test_an_i2v_create_decoding_its_image_during_the_unload_is_not_queued(tmp_path, monkeypatch):
-    from videoserve import service as service_module
+    from videoserve.core import service as service_module
 
     decoding, release = threading.Event(), threading.Event()
     fitted = service_module.fitted_png
@@ -77,7 +79,7 @@ def test_an_i2v_create_decoding_its_image_during_the_unload_is_not_queued(tmp_pa
         release.set()
         try:
             await create
-        except ApiError as exc:
+        except ServiceError as exc:
             outcome = exc
         else:
             outcome = None
@@ -86,5 +88,6 @@ def test_an_i2v_create_decoding_its_image_during_the_unload_is_not_queued(tmp_pa
         return outcome, left
     outcome, (queued, running) = asyncio.run(main())
     assert queued == running == 0, "a job was left queued for the unloaded i2v model"
-    assert outcome is not None and (outcome.status, outcome.code) == (404, "model_not_found")
+    assert outcome is not None
+    assert (as_api_error(outcome).status, outcome.code) == (404, "model_not_found")
     assert "unloaded" in outcome.message

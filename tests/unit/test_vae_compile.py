@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from videoserve.engines.fastvideo_engine import FastVideoEngine
+from videoserve.engines.fastvideo.engine import FastVideoEngine
 
 
 def test_vae_compile_is_a_runtime_option_not_a_fastvideo_one():
@@ -53,7 +53,7 @@ def _generator(vae):
 def test_vae_compile_without_cuda_is_logged_and_ignored(monkeypatch, caplog):
     import torch
 
-    from videoserve.engines import fastvideo_adapter as adapter
+    from videoserve.engines.fastvideo import adapter
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     decoder = torch.nn.Identity()
@@ -82,7 +82,7 @@ def test_compiled_decoder_decodes_like_the_eager_one_in_few_graphs(tiny_vae):
     from fastvideo.models.vaes import wanvae
     from torch._dynamo.utils import counters
 
-    from videoserve.engines.fastvideo_adapter import WAN_DECODER_CONTEXT, CompiledDecoder
+    from videoserve.engines.fastvideo.adapter import WAN_DECODER_CONTEXT, CompiledDecoder
 
     vae = tiny_vae
     latents = torch.randn(1, 16, 6, 8, 8)
@@ -138,7 +138,7 @@ def test_the_compiled_decoder_s_upsamplers_compare_no_tensor_with_a_string(monke
     frames."""
     import torch
 
-    from videoserve.engines.fastvideo_adapter import CompiledDecoder
+    from videoserve.engines.fastvideo.adapter import CompiledDecoder
 
     vae = tiny_vae
     latents = torch.randn(1, 16, 4, 8, 8)
@@ -173,7 +173,7 @@ def test_warmup_runs_cover_each_size_once_and_refuse_bad_sizes():
 
     from videoserve.engines import GenerationParams
     from videoserve.engines.base import GenerationError
-    from videoserve.engines.fastvideo_engine import warmup_runs
+    from videoserve.engines.fastvideo.engine import warmup_runs
 
     default = GenerationParams(prompt="warm-up", negative_prompt="", seed=0, height=448,
                                width=832, num_frames=61, num_inference_steps=2,
@@ -214,7 +214,7 @@ def test_the_compiled_sizes_join_the_warm_up(monkeypatch):
 def test_the_engine_s_sizes_reach_the_decoder(monkeypatch, tiny_vae):
     import torch
 
-    from videoserve.engines import fastvideo_adapter as adapter
+    from videoserve.engines.fastvideo import adapter
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # compile_vae's CUDA check
     vae = tiny_vae

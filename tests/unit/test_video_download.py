@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from videoserve.api import VideoFile
+from videoserve.http.app import VideoFile
 
 DATA = bytes(range(256)) * 1000  # several of FileResponse's 64 KiB chunks
 

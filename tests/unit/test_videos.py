@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from videoserve.config import build_specs
-from videoserve.errors import ApiError
-from videoserve.videos import parse_create, to_generate_request
+from videoserve.http.errors import ApiError
+from videoserve.http.openai_videos import parse_create, to_generate_request
+from videoserve.serve.presets import build_specs
 
 SPECS = build_specs("tiny", gpu_count=0)
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any
 
 from PIL import Image
 
-from videoserve.protocol import SamplingParams
+from videoserve.core.sampling import SamplingParams
 
 # progress(stage, step, total_steps): called when a stage starts ("encoding_prompt",
 # "encoding_image", "denoising", "decoding", "encoding_video") and after each denoising step.
@@ -44,13 +45,33 @@ class GenerationOutput:
     encoding_time: float  # MP4 encoding not hidden behind decoding
 
 
-class Engine(Protocol):
-    """A loaded model. ``generate`` is called from one thread at a time."""
+class Engine(abc.ABC):
+    """A loaded model, owned by one generator replica. Created, used and closed from that
+    replica's one engine thread: ``generate`` is never called concurrently."""
 
-    name: str
+    name: str  # the engine's name in specs and in the generator's info ("diffusers", ...)
 
+    @abc.abstractmethod
     def generate(
         self, params: GenerationParams, progress: ProgressFn, should_cancel: CancelFn
-    ) -> GenerationOutput: ...
+    ) -> GenerationOutput:
+        """One video. Raises GenerationCancelled once ``should_cancel()`` is True, and
+        GenerationError (or any exception) for a failed request: the replica lives on."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:  # noqa: B027 - a no-op by design, not a missing override
+        """Release the model (GPU memory, child processes) when the replica shuts down."""
+
+    @property
+    def healthy(self) -> bool:
+        """False when the engine can no longer generate: the replica's health check fails and
+        Serve replaces it. A failed request alone does not make an engine unhealthy."""
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        """Extra fields for the generator's info (JSON-serialisable)."""
+        return {}
+
+    @property
+    def load_breakdown(self) -> dict[str, float]:
+        """Seconds spent in each stage of the load, logged once the model is loaded."""
+        return {}

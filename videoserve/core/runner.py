@@ -1,0 +1,310 @@
+"""The ingress's job runner: the queue, dispatch to the generators, and every job transition.
+
+Jobs wait in the durable job table, not in Ray Serve's queues: a job is dispatched only while
+its task has a free generator slot (``capacity``: running replicas x their concurrent
+requests), so Serve's own backpressure never refuses work that was accepted here. Admission
+control happens once, at submit (``admit``). Knows nothing about Ray: generators are reached
+through ``dispatch(task, item)``, which yields typed events
+(``videoserve.core.sampling``); unit tests drive it with a fake.
+
+Failure semantics: a job whose generator stream breaks (the replica died, the node went away)
+or that was running when the backend stopped goes back to the queue once (``attempts``), then
+fails with a reason. While the backend drains for shutdown, nothing changes state: what was
+queued or running is picked up by the next start.
+
+Every change goes through ``_put``; a ``JobObserver`` (``videoserve.core.metrics``) hears of new,
+refused, started, progressing and finished jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from videoserve.core.config import Task
+from videoserve.core.errors import Busy, public_reason
+from videoserve.core.jobs import Job, JobStore
+from videoserve.core.sampling import Cancelled, Event, Failed, Progress, Result, Started, WorkItem
+
+log = logging.getLogger(__name__)
+
+Dispatch = Callable[[Task, WorkItem], AsyncIterator[Event]]
+# How many jobs of a task the generators can run at once right now (0 while none is up).
+Capacity = Callable[[Task], int]
+# Asks the generator replica running a job to stop it at its next step.
+RequestCancel = Callable[[str], Awaitable[None]]
+MAX_ATTEMPTS = 2
+WAKE_S = 1.0  # the dispatch loops also look at the queue this often (capacity changes)
+DEFAULT_JOB_S = 30.0  # assumed job length until one has been measured
+# A running job normally stops within a step of its cancel (seconds even for the 14B model);
+# past this the runner ends the job's stream itself.
+FORCE_CANCEL_S = 30.0
+# The error code of jobs failed because their task's model went away (it may be loaded again).
+MODEL_UNLOADED = "model_unloaded"
+# Whether a task has a model (serving, or being loaded) that its queued jobs can wait for.
+HasModel = Callable[[Task], bool]
+
+
+class JobObserver:
+    """What the runner reports as jobs move (``videoserve.core.metrics`` counts it); does nothing.
+
+    Calls come from the event loop, after the new state is stored."""
+
+    def on_submitted(self, job: Job) -> None:
+        """A new job was queued."""
+
+    def on_refused(self, task: str, count: int) -> None:
+        """``count`` new jobs were refused because the task's queue is full."""
+
+    def on_started(self, job: Job) -> None:
+        """A generator began the job (its ``started_at`` is set)."""
+
+    def on_progress(self, job: Job) -> None:
+        """The generator reported a stage or a step (``job.stage``, ``job.step``)."""
+
+    def on_final(self, job: Job) -> None:
+        """The job reached completed, failed or cancelled (reported once per job)."""
+
+
+class JobRunner:
+    """Owns the job state machine of one ingress."""
+
+    def __init__(self, store: JobStore, dispatch: Dispatch, capacity: Capacity,
+                 load_image: Callable[[Job], bytes | None],
+                 save_result: Callable[[Job, Result], dict[str, Any]],
+                 request_cancel: RequestCancel | None = None,
+                 observer: JobObserver | None = None, has_model: HasModel | None = None):
+        self.store, self.dispatch, self.capacity = store, dispatch, capacity
+        self.has_model = has_model or (lambda task: True)
+        self.load_image, self.save_result = load_image, save_result
+        self.request_cancel = request_cancel
+        self.observer = observer or JobObserver()
+        self.stopping = False
+        self._running: dict[str, asyncio.Task] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self._loops: list[asyncio.Task] = []
+        self._job_seconds: dict[str, float] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, tasks: tuple[Task, ...]) -> None:
+        """Recover jobs left by a previous process, then dispatch until ``stop``."""
+        self.recover(tasks)
+        for task in tasks:
+            self._wake[task] = asyncio.Event()
+            self._loops.append(asyncio.create_task(self._dispatch_loop(task)))
+
+    def recover(self, tasks: tuple[Task, ...]) -> None:
+        """Jobs that were running when the backend stopped: queue them again, once. Jobs for a
+        model this backend no longer serves fail (they would otherwise wait forever)."""
+        for job in self.store.active():
+            if job.task not in tasks:
+                self._put(job.to("failed", error=f"the {job.task} model is not deployed "
+                                 "since the backend restarted; submit the job again"))
+            elif job.status == "in_progress":
+                self._requeue_or_fail(job, "the backend stopped while this job was running")
+
+    def stop(self) -> None:
+        """Dispatch nothing more and leave every job's state as it is (for the next start)."""
+        self.stopping = True
+        for loop in self._loops:
+            loop.cancel()
+
+    def fail_queued(self, task: str, reason: str | None = None) -> int:
+        """Fail every queued job of ``task`` (its model went away); how many."""
+        reason = reason or (f"the {task} model was unloaded before this job started; submit "
+                            "it again once a model is loaded")
+        queued = [j for j in self.store.active() if j.task == task and j.status == "queued"]
+        for job in queued:
+            self._put(job.to("failed", error=reason, error_code=MODEL_UNLOADED))
+        return len(queued)
+
+    def wake(self, task: str | None = None) -> None:
+        for name, event in self._wake.items():
+            if task is None or name == task:
+                event.set()
+
+    # -- admission ---------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> Job:
+        """Queue a new (admitted) job."""
+        job = self.store.add(job)
+        self.observer.on_submitted(job)
+        self.wake(job.task)
+        return job
+
+    def counts(self, task: str) -> tuple[int, int]:
+        """(queued, running) jobs of a task."""
+        active = [j for j in self.store.active() if j.task == task]
+        running = sum(1 for j in active if j.status == "in_progress")
+        return len(active) - running, running
+
+    def admit(self, task: str, queue_limit: int, count: int = 1) -> None:
+        """Refuse ``count`` new jobs (429 with Retry-After) when the task's queue is full."""
+        queued, running = self.counts(task)
+        if queued + count > queue_limit:
+            wait = self.estimated_wait_s(task, queued + running)
+            self.observer.on_refused(task, count)
+            raise Busy(f"the {task} queue is full ({queued} jobs waiting, about "
+                       f"{wait} s of work); retry later", type="server_error",
+                       code="queue_full", retry_after_s=wait)
+
+    def estimated_wait_s(self, task: str, jobs_ahead: int) -> int:
+        per_job = self._job_seconds.get(task, DEFAULT_JOB_S)
+        slots = max(self.capacity(task), 1)
+        return max(1, math.ceil(per_job * jobs_ahead / slots))
+
+    def queue_position(self, job: Job) -> int | None:
+        if job.status != "queued":
+            return None
+        queued = [j.id for j in self.store.active() if j.task == job.task and j.status == "queued"]
+        return queued.index(job.id) if job.id in queued else None
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    async def _dispatch_loop(self, task: Task) -> None:
+        wake = self._wake[task]
+        while not self.stopping:
+            wake.clear()
+            if not self.has_model(task):
+                # Whichever way a job got queued for a task without a model (accepted while the
+                # model went away, or retried after it did), nothing would ever run it.
+                self.fail_queued(task)
+            running = sum(1 for t in self._running.values() if t.get_name() == task)
+            free = self.capacity(task) - running
+            if free > 0:
+                for job in [j for j in self.store.active()
+                            if j.task == task and j.status == "queued"][:free]:
+                    self._start_job(job)
+            try:
+                await asyncio.wait_for(wake.wait(), WAKE_S)
+            except TimeoutError:
+                pass
+
+    def _start_job(self, job: Job) -> None:
+        job = self._put(job.to("in_progress"))
+        self._running[job.id] = asyncio.create_task(self._run(job.id), name=job.task)
+
+    async def _run(self, job_id: str) -> None:
+        job = self.store.get(job_id)
+        assert job is not None
+        reason = "the generator ended the job without a result"
+        try:
+            image = await asyncio.to_thread(self.load_image, job)
+            stream = self.dispatch(job.task, WorkItem(job.id, job.params, image))
+            async for event in stream:
+                if await self._on_event(job_id, event):
+                    break
+        except asyncio.CancelledError:
+            reason = "the job's stream was ended"  # by _force_cancel (or the loop stopping)
+        except Exception as exc:  # noqa: BLE001 - the replica died or could not be reached
+            reason = f"the generator replica was lost ({type(exc).__name__})"
+            log.warning("job %s: %s: %s", job_id, reason, exc)
+        finally:
+            self._running.pop(job_id, None)
+            self.wake(job.task)
+        job = self.store.get(job_id)
+        if job is None or job.status != "in_progress" or self.stopping:
+            return
+        if job.cancellation is not None:  # it was asked to stop: it stopped, not failed
+            record = {**job.cancellation, "stopped_at_step": job.step,
+                      "stopped_in_stage": job.stage}
+            self._put(job.to("cancelled", cancellation=record, stage=None))
+        else:
+            self._requeue_or_fail(job, reason)
+
+    def _requeue_or_fail(self, job: Job, reason: str) -> None:
+        if not self.has_model(job.task):
+            self._put(job.to("failed", error=f"{reason}, and the {job.task} model has been "
+                             "unloaded since", error_code=MODEL_UNLOADED))
+        elif job.attempts < MAX_ATTEMPTS:
+            log.info("job %s: %s; queued again (attempt %d done)", job.id, reason, job.attempts)
+            self._put(job.to("queued", error=f"retried after: {reason}"))
+            self.wake(job.task)
+        else:
+            self._put(job.to("failed", error=f"{reason}; gave up after {job.attempts} "
+                             "attempts"))
+
+    async def _on_event(self, job_id: str, event: Event) -> bool:
+        """Apply one generator event; True when the job has ended."""
+        job = self.store.get(job_id)
+        if job is None or job.done:
+            return True  # cancelled or deleted while the event was on its way
+        match event:
+            case Started(model=model, engine=engine, synthetic=synthetic):
+                # The generator names its model: after a switch it differs from the submit's.
+                changes = ({"model": model, "engine": engine, "synthetic": synthetic}
+                           if model else {})
+                job = self._put(job.to("in_progress", started_at=time.time(), stage="starting",
+                                       **changes))
+                self.observer.on_started(job)
+            case Progress(stage=stage, step=step, total_steps=total):
+                job = self._put(job.to("in_progress", step=max(job.step, step),
+                                       total_steps=total, stage=stage))
+                self.observer.on_progress(job)
+            case Result():
+                result = await asyncio.to_thread(self.save_result, job, event)
+                self._learn(job)
+                self._put(job.to("completed", result=result, step=job.total_steps,
+                                 stage=None, error=None))
+            case Cancelled():
+                record = {**(job.cancellation or {}),
+                          "cancel_received_at_step": event.cancel_received_at_step,
+                          "stopped_at_step": event.stopped_at_step,
+                          "stopped_in_stage": event.stopped_in_stage}
+                self._put(job.to("cancelled", cancellation=record, stage=None))
+            case Failed(message=message):
+                # Clients get the reason without server internals; the log keeps it whole.
+                log.warning("job %s failed: %s", job_id, message)
+                self._put(job.to("failed", error=public_reason(message), stage=None))
+        return self.store.get(job_id) is None or self.store.get(job_id).done
+
+    def _put(self, job: Job) -> Job:
+        """Store a job's new version. Every change the runner makes goes through here, so the
+        observer hears of each job reaching a final state, once."""
+        before = self.store.get(job.id)
+        job = self.store.put(job)
+        if job.done and not (before is not None and before.done):
+            self.observer.on_final(job)
+        return job
+
+    def _learn(self, job: Job) -> None:
+        if job.started_at is None:
+            return
+        measured = time.time() - job.started_at
+        before = self._job_seconds.get(job.task)
+        self._job_seconds[job.task] = measured if before is None else 0.7 * before + 0.3 * measured
+
+    # -- cancel ------------------------------------------------------------------------------
+
+    async def cancel(self, job_id: str, wait_s: float = 10.0) -> Job:
+        """Cancel a queued job at once; ask a running one to stop and wait a little for it."""
+        job = self.store.get(job_id)
+        if job is None or job.done:
+            return job
+        requested = {"requested_at": time.time(), "requested_at_step": job.step}
+        if job.status == "queued":
+            return self._put(job.to("cancelled", cancellation=requested))
+        self._put(job.to("in_progress", cancellation=requested))
+        if self.request_cancel is not None:
+            await self.request_cancel(job_id)
+        asyncio.create_task(self._force_cancel(job_id, FORCE_CANCEL_S))
+        try:
+            return await self.store.wait(job_id, wait_s)
+        except TimeoutError:
+            return self.store.get(job_id)
+
+    async def _force_cancel(self, job_id: str, after_s: float) -> None:
+        """If the generator has not stopped a cancelled job by then, end its stream: Serve
+        cancels the request on the replica, whose worker stops the engine at the next step."""
+        try:
+            await self.store.wait(job_id, after_s)
+        except TimeoutError:
+            task = self._running.get(job_id)
+            if task is not None:
+                log.warning("job %s: the generator did not stop it; ending its stream", job_id)
+                task.cancel()

@@ -1,0 +1,143 @@
+"""The asynchronous jobs API under /v1/videos, in the shape of OpenAI's videos API: create one
+or a batch, read, download, cancel, delete and list; and finding a caller's job and opening its
+MP4, which the legacy download in ``generate`` shares."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Header, Query, Request
+
+from videoserve.core.jobs import Job, is_job_id
+from videoserve.core.service import VideoService
+from videoserve.http.errors import ApiError
+from videoserve.http.openai_videos import (
+    parse_create,
+    read_create_body,
+    to_generate_request,
+    video_object,
+)
+from videoserve.http.routes.deps import Owner, Service
+from videoserve.http.routes.docs import MP4, RANGE_HEADERS, answers
+from videoserve.http.schemas import (
+    BatchCreated,
+    BatchRequest,
+    VideoCreateRequest,
+    VideoDeleted,
+    VideoList,
+    VideoObject,
+)
+from videoserve.http.video_file import VideoFile
+
+MAX_IDEMPOTENCY_KEY = 255
+CREATE_BODY = {"requestBody": {"content": {
+    "application/json": {"schema": VideoCreateRequest.model_json_schema()},
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "prompt": {"type": "string"}, "model": {"type": "string"},
+        "size": {"type": "string"}, "seconds": {"type": "string"},
+        "input_reference": {"type": "string", "format": "binary"}}}}}}}
+
+router = APIRouter()
+
+
+def find_job(service: VideoService, job_id: str, owner: str | None) -> Job:
+    # Another key's job is answered exactly like one that does not exist.
+    job = service.get(job_id, owner) if is_job_id(job_id) else None
+    if job is None:
+        raise ApiError(404, "no such video", type="not_found", code="not_found")
+    return job
+
+
+def open_content(service: VideoService, job_id: str, owner: str | None) -> VideoFile:
+    job = find_job(service, job_id, owner)
+    if job.status != "completed":
+        raise ApiError(409, f"video {job_id} is {job.status}, not completed", code=job.status)
+    try:
+        return VideoFile.open(service.video_file(job_id), "video/mp4", f"{job_id}.mp4")
+    except OSError:
+        raise ApiError(404, f"the file of video {job_id} is gone", type="not_found",
+                       code="not_found") from None
+
+
+def check_idempotency_key(key: str | None) -> None:
+    if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
+        raise ApiError(422, f"Idempotency-Key: at most {MAX_IDEMPOTENCY_KEY} characters",
+                       param="Idempotency-Key")
+
+
+def view(service: VideoService, job: Job, cached: bool = False) -> dict[str, Any]:
+    return video_object(job, service.queue_position(job), cached)
+
+
+@router.post("/v1/videos", response_model=None, responses=answers(VideoObject),
+             openapi_extra=CREATE_BODY)
+async def create_video(request: Request, service: Service, owner: Owner,
+                       idempotency_key: str | None = Header(None)) -> dict[str, Any]:
+    """Queue a video (JSON, or multipart/form-data with an input_reference image)."""
+    check_idempotency_key(idempotency_key)
+    create = parse_create(await read_create_body(request))
+    job, cached = await service.submit(to_generate_request(create, service.current_specs()),
+                                       idempotency_key, owner)
+    return view(service, job, cached)
+
+
+@router.post("/v1/videos/batch", response_model=None, responses=answers(BatchCreated))
+async def create_batch(batch: BatchRequest, service: Service, owner: Owner,
+                       idempotency_key: str | None = Header(None)) -> dict[str, Any]:
+    """Queue several videos; all are validated before any is queued. Ids come in order;
+    a retry with the same Idempotency-Key gets the same ids."""
+    check_idempotency_key(idempotency_key)
+    prepared = []
+    for index, fields in enumerate(batch.requests):
+        create = parse_create(dict(fields), loc=("body", "requests", index))
+        request_body = to_generate_request(create, service.current_specs())
+        prepared.append(await service.prepare(request_body, owner))
+    jobs = service.enqueue_batch(prepared, idempotency_key)
+    return {"object": "list", "ids": [job.id for job in jobs]}
+
+
+@router.get("/v1/videos/{job_id}", response_model=None, responses=answers(VideoObject))
+async def get_video(job_id: str, service: Service, owner: Owner) -> dict[str, Any]:
+    """A job's status, progress, parameters, seed, timings and error."""
+    return view(service, find_job(service, job_id, owner))
+
+
+@router.api_route("/v1/videos/{job_id}/content", methods=["GET", "HEAD"], responses=MP4,
+                  response_class=VideoFile, openapi_extra=RANGE_HEADERS,
+                  operation_id="video_content")
+async def video_content(job_id: str, service: Service, owner: Owner,
+                        variant: str = "video") -> VideoFile:
+    """The MP4 (Range supported); 409 while the job is not completed."""
+    if variant != "video":
+        raise ApiError(422, "only variant=video is available", param="variant")
+    return open_content(service, job_id, owner)
+
+
+@router.post("/v1/videos/{job_id}/cancel", response_model=None, responses=answers(VideoObject))
+async def cancel_video(job_id: str, service: Service, owner: Owner) -> dict[str, Any]:
+    """Cancel a queued or running job; a finished job is returned unchanged."""
+    job = find_job(service, job_id, owner)
+    return view(service, await service.cancel(job) if not job.done else job)
+
+
+@router.delete("/v1/videos/{job_id}", response_model=None, responses=answers(VideoDeleted))
+async def delete_video(job_id: str, service: Service, owner: Owner) -> dict[str, Any]:
+    """Cancel a queued or running job; delete a finished one and its files."""
+    job = find_job(service, job_id, owner)
+    if not job.done:
+        job = await service.cancel(job)
+        return {"id": job.id, "object": "video.deleted", "deleted": False,
+                "status": job.status, "video": view(service, job)}
+    service.delete_files(job)
+    return {"id": job.id, "object": "video.deleted", "deleted": True}
+
+
+@router.get("/v1/videos", response_model=None, responses=answers(VideoList))
+async def list_videos(service: Service, owner: Owner, limit: int = Query(20, ge=1, le=100),
+                      after: str | None = None, order: Literal["asc", "desc"] = "desc"
+                      ) -> dict[str, Any]:
+    """History, newest first by default; page with ``after`` = the last id seen."""
+    jobs, has_more = service.page(limit, after, order, owner)
+    data = [view(service, job) for job in jobs]
+    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None, "has_more": has_more}
