@@ -95,6 +95,10 @@ class ModelSpec:
     speed: str = "quality"
     # How place() placed it and why (GET /v1/placement); empty on the CPU.
     placement: dict[str, Any] = field(default_factory=dict)
+    # The folder replicas load ``model`` from when the backend fetched it before they started
+    # (a Hub id's snapshot in the Hugging Face cache, see videoserve.serve.model_fetch); None:
+    # ``model`` itself. Never shown to clients: ``model`` stays the name.
+    local_path: str | None = None
 
     @property
     def device(self) -> str:

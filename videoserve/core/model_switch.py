@@ -348,6 +348,8 @@ class ModelManager:
             if not model.strip():
                 raise InvalidInput("model must name a model folder or hub id", param="model")
             changes.update(model=model.strip(), synthetic=is_synthetic(model.strip()))
+            if model.strip() != base.model:
+                changes["local_path"] = None  # the folder fetched at start is the old model's
         if engine is not None and engine != base.engine:
             if engine not in ENGINES:
                 raise InvalidInput(f"engine must be one of {', '.join(ENGINES)}",

@@ -20,6 +20,7 @@ __all__ = [
     "GenerationOutput",
     "GenerationParams",
     "create_engine",
+    "model_source",
     "resolve_model_path",
 ]
 
@@ -41,6 +42,22 @@ def resolve_model_path(model: str) -> Path | str:
     return model
 
 
+def model_source(spec: ModelSpec) -> Path | str:
+    """What a replica loads: the folder the backend fetched a Hub model into (its
+    ``local_path``), else ``resolve_model_path(spec.model)``."""
+    if spec.local_path is None:
+        return resolve_model_path(spec.model)
+    path = Path(spec.local_path)
+    if not path.is_dir():
+        # The backend fetched it on its own node: in a cluster, this one may not have it.
+        raise FileNotFoundError(
+            f"model {spec.model}: its folder {spec.local_path} (where the backend fetched it) "
+            "does not exist on this node; in a Ray cluster every GPU node needs it at the same "
+            "path (shared storage, or the same Hugging Face cache: run `ray_serve_backend.py "
+            "--download_only` with the same flags on each node)")
+    return path
+
+
 def warmup_params(spec: ModelSpec) -> GenerationParams:
     """A short generation at the model's default size (compiled kernels and autotuned
     convolutions are per shape): two steps, a plain grey image for I2V."""
@@ -57,7 +74,7 @@ def warmup_params(spec: ModelSpec) -> GenerationParams:
 
 def create_engine(spec: ModelSpec) -> Engine:
     """Load the engine a spec names. Slow: called once per replica."""
-    path = resolve_model_path(spec.model)
+    path = model_source(spec)
     if spec.engine == "diffusers":
         from videoserve.engines.diffusers.engine import DiffusersEngine
 
@@ -66,6 +83,8 @@ def create_engine(spec: ModelSpec) -> Engine:
     if spec.engine == "fastvideo":
         from videoserve.engines.fastvideo.engine import FastVideoEngine
 
+        # A fetched Hub model keeps its id for fastvideo's choice of pipeline config.
         return FastVideoEngine(str(path), spec.task, spec.device, spec.engine_options,
-                               warmup=warmup_params(spec))
+                               warmup=warmup_params(spec),
+                               hub_id=spec.model if spec.local_path else None)
     raise ValueError(f"unknown engine {spec.engine!r}")

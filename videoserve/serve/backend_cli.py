@@ -1,8 +1,12 @@
 """Command line of the backend: flags -> Settings -> Ray Serve application.
 
-Exit codes: 0 after a SIGTERM/SIGINT shutdown; 2 for bad flags or a setup that cannot work
-(a port in use, a damaged job table); 3 when a model did not start (its reason is printed as the
-last ``error:`` line) or was not running after the one-hour load timeout.
+Models given as Hub ids are fetched into the Hugging Face cache before Ray starts
+(videoserve.serve.model_fetch); ``--download_only`` does only that and exits.
+
+Exit codes: 0 after a SIGTERM/SIGINT shutdown (or after ``--download_only`` fetched every model);
+2 for bad flags or a setup that cannot work (a port in use, a damaged job table); 3 when a model
+could not be fetched or did not start (its reason is printed as the last ``error:`` line) or was
+not running after the one-hour load timeout.
 """
 
 from __future__ import annotations
@@ -21,13 +25,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from videoserve.core.config import ENGINES, TASKS, ConfigError, Settings, parse_resources
+from videoserve.core.config import (
+    ENGINES,
+    TASKS,
+    ConfigError,
+    ModelSpec,
+    Settings,
+    Task,
+    parse_resources,
+)
 from videoserve.core.job_table import check_or_recover
 from videoserve.core.model_switch import StartupFailed
 from videoserve.http.hosts import ANY as ANY_HOST
 from videoserve.http.hosts import default_allowed_hosts, normalize_host
+from videoserve.serve.model_fetch import ModelFetchError, resolve_models
 from videoserve.serve.placement import cuda_gpu_count, gpu_free_gib
-from videoserve.serve.presets import PRESETS, SPEEDS, build_specs
+from videoserve.serve.presets import PRESETS, SPEEDS, build_specs, preset_specs
 
 log = logging.getLogger("videoserve.backend")
 
@@ -154,8 +167,16 @@ def allowed_hosts(args: argparse.Namespace) -> tuple[str, ...]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Serve FastVideo T2V/I2V models on Ray Serve.",
-        epilog="exit codes: 0 stopped by SIGTERM/SIGINT; 2 bad flags or setup; "
-               f"{EXIT_MODEL_FAILED} a model did not start (the last 'error:' line says why)")
+        epilog="exit codes: 0 stopped by SIGTERM/SIGINT (or --download_only done); 2 bad flags "
+               f"or setup; {EXIT_MODEL_FAILED} a model could not be fetched or did not start "
+               "(the last 'error:' line says why)")
+    parser.add_argument("--download_only", action="store_true",
+                        help="fetch the Hub models the other flags name (preset, --tasks, "
+                             "--t2v_model_path, --i2v_model_path; without --preset, as when "
+                             "serving: fastwan with a GPU, the built-in tiny models without; "
+                             "--preset fastwan fetches the real ones on any machine) into the "
+                             "Hugging Face cache (HF_HOME), print each one's folder and exit "
+                             "without starting Ray")
     parser.add_argument("--drain_timeout", type=float, default=30.0,
                         help="on SIGTERM/SIGINT, seconds that waiting requests get to finish")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address")
@@ -165,18 +186,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_tasks(text: str) -> tuple[Task, ...]:
+    tasks = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ConfigError(f"--tasks must name t2v and/or i2v, got {text!r}")
+    return tasks  # type: ignore[return-value]
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     gpus = cuda_gpu_count()
     preset = args.preset or ("fastwan" if gpus else "tiny")
-    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown or not tasks:
-        raise ConfigError(f"--tasks must name t2v and/or i2v, got {args.tasks!r}")
+    tasks = parse_tasks(args.tasks)
     resources = parse_resources(args.generator_resources) if args.generator_resources else {}
     sp_sizes = {task: getattr(args, f"{task}_sp_size") for task in TASKS}
     speeds = {task: getattr(args, f"{task}_speed", None) for task in TASKS}
     specs = build_specs(preset, args.engine, args.t2v_model_path, args.i2v_model_path,
-                        gpu_count=gpus, replicas=args.replicas, tasks=tasks,  # type: ignore[arg-type]
+                        gpu_count=gpus, replicas=args.replicas, tasks=tasks,
                         resources=resources, sp_sizes=sp_sizes, speeds=speeds,
                         gpu_free=gpu_free_gib() if gpus else None)
     output = Path(args.output_path).expanduser().resolve()
@@ -324,9 +350,48 @@ def _serve_running() -> bool:
     return True
 
 
+def download_specs(args: argparse.Namespace) -> dict[Task, ModelSpec]:
+    """The models ``--download_only`` fetches: those the same flags would serve (the preset,
+    the model flags, --tasks), without placing them, so that any machine can fetch them
+    (``--preset fastwan`` on one without a GPU)."""
+    preset = args.preset
+    if preset is None:
+        preset = "fastwan" if cuda_gpu_count() else "tiny"
+        if preset == "tiny":
+            log.info("no CUDA GPU visible: the tiny preset, built in (--preset fastwan fetches "
+                     "the real models)")
+    specs = preset_specs(preset, 0)
+    overrides = {"t2v": args.t2v_model_path, "i2v": args.i2v_model_path}
+    return {task: replace(spec, model=overrides[task] or spec.model)
+            for task, spec in specs.items() if task in parse_tasks(args.tasks)}
+
+
+def download_only(args: argparse.Namespace) -> int:
+    """``--download_only``: fetch, print ``<task>: <model> <folder>`` per model, exit."""
+    try:
+        specs = download_specs(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        fetched = resolve_models(specs, cluster=bool(args.ray_address))
+    except ModelFetchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_MODEL_FAILED
+    except KeyboardInterrupt:
+        print("error: download interrupted; run again to resume", file=sys.stderr)
+        return 130
+    for task, spec in fetched.items():
+        where = spec.local_path or "(not a Hub id: nothing to download)"
+        print(f"{task}: {spec.model} {where}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = build_parser().parse_args(argv)
+    if args.download_only:
+        return download_only(args)
     try:
         settings = settings_from_args(args)
         check_model_management(args.host, settings)
@@ -340,6 +405,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     warn_if_open(args.host, settings)
+    try:
+        # Before Ray starts: replicas load the fetched folders and never download.
+        settings = replace(settings, models=resolve_models(settings.models,
+                                                           cluster=bool(args.ray_address)))
+    except ModelFetchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_MODEL_FAILED
+    except KeyboardInterrupt:
+        print("error: download interrupted; run again to resume", file=sys.stderr)
+        return 130
     for spec in settings.models.values():
         note = " (random weights: output is noise)" if spec.synthetic else ""
         log.info("%s: %s on %s via %s%s", spec.task, spec.model, spec.device, spec.engine, note)
@@ -350,8 +425,9 @@ def main(argv: list[str] | None = None) -> int:
         running = start(settings, args.host, args.port, args.ray_address, args.num_cpus,
                         args.metrics_export_port)
     except (StartupFailed, TimeoutError) as exc:
-        # Expected when a model cannot load (a wrong path, a Hub id without internet): the
-        # reason, not a traceback. Serve's log above holds the replicas' own tracebacks.
+        # Expected when a model cannot load (a wrong path, a broken folder, a node of a
+        # cluster without the fetched folder): the reason, not a traceback. Serve's log
+        # above holds the replicas' own tracebacks.
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_MODEL_FAILED
     if not args.ray_address:

@@ -5,6 +5,11 @@ prefixed with its name. Ctrl-C or SIGTERM stops both (the backend shuts down the
 started); if either process dies, the other is stopped and the launcher exits non-zero. A backend
 that stops before it is ready (a model that cannot load) ends the launcher with the backend's
 reason, its last ``error:`` line; the UI is not started then.
+
+Hub models are fetched first, by ``ray_serve_backend.py --download_only`` with the same flags in
+the foreground: huggingface_hub's progress bars reach the terminal as they are (the backend's
+piped output would cut each refresh into a line of its own), and ``--ready_timeout`` counts
+from the end of the download. The backend then finds them in the cache.
 """
 
 from __future__ import annotations
@@ -132,6 +137,24 @@ def _banner(args: argparse.Namespace) -> None:
         print("=" * 72, flush=True)
 
 
+def noise_banner(client: VideoClient) -> list[str]:
+    """After the backend is ready: a banner naming every random-weight model it serves, however
+    it was chosen (--preset tiny, no GPU, a full-size synthetic folder by path); the synthetic
+    tasks (empty: none, or the model list could not be read)."""
+    try:
+        models = client.models()
+    except (BackendError, requests.RequestException):
+        return []
+    noisy = sorted(task for task, model in models.items() if model.get("synthetic"))
+    if noisy:
+        names = ", ".join(f"{task}: {models[task]['id']}" for task in noisy)
+        print("=" * 72)
+        print(f"RANDOM-WEIGHT models ({names}): their videos are noise.")
+        print("They exist to try and test the stack; real models: docs/GPUS.md.")
+        print("=" * 72, flush=True)
+    return noisy
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _banner(args)
@@ -143,12 +166,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    fetched = fetch_models(args, stop)
+    if stop.is_set() or fetched != 0:
+        return 0 if stop.is_set() else fetched
     backend = Managed("backend", backend_command(args), backend_env)
     children = [backend]
     try:
         backend_url = f"http://{connect_host(args.backend_host)}:{args.backend_port}"
         if not wait_for_backend(backend, backend_url, args.ready_timeout, stop):
             return 0 if stop.is_set() else 1
+        noise_banner(VideoClient(backend_url, api_key=ui_env.get(API_KEY_ENV)))
         ui_command = [sys.executable, str(ROOT / "gradio_frontend.py"), "--backend_url",
                       backend_url, "--host", args.frontend_host,
                       "--port", str(args.frontend_port)]
@@ -177,6 +204,24 @@ def main(argv: list[str] | None = None) -> int:
         print("Stopping…", flush=True)
         for child in reversed(children):
             child.stop()
+
+
+def fetch_models(args: argparse.Namespace, stop: threading.Event) -> int:
+    """Fetch the Hub models before the backend starts (its ``--download_only``), output
+    straight to this terminal; its exit code (0: every model is local now)."""
+    proc = subprocess.Popen([*backend_command(args), "--download_only"], cwd=ROOT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    while True:
+        try:
+            code = proc.wait(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            if stop.is_set():  # Ctrl-C reaches it too (same process group); SIGTERM may not
+                proc.terminate()
+    if code != 0 and not stop.is_set():
+        print(f"fetching the models failed (exit code {code}, reason above); the backend "
+              "was not started", flush=True)
+    return code
 
 
 def wait_for_frontend(frontend: Managed, url: str, stop: threading.Event,

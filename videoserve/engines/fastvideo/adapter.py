@@ -858,17 +858,43 @@ class Distributed:
 
 
 def load_runner(model_path: str, options: dict[str, Any], executor: str = "in_process",
-                timings: dict[str, float] | None = None,
+                timings: dict[str, float] | None = None, hub_id: str | None = None,
                 **runtime: Any) -> Instrumented | Distributed:
     """The pipeline in this process (``in_process``) or in fastvideo's worker processes
     (``multiproc``: required for sp_size > 1). ``timings`` receives where the load's time
-    went (see ``timed_load``)."""
+    went (see ``timed_load``); ``hub_id``: the Hub id the ``model_path`` folder was fetched as
+    (see ``register_hub_folder``)."""
     if executor not in ("in_process", "multiproc"):
         raise ValueError(f"unknown executor {executor!r}; expected in_process or multiproc")
     with timed_load(timings if timings is not None else {}):
+        register_hub_folder(model_path, hub_id)
         if executor == "multiproc":
             return Distributed.load(model_path, options, **runtime)
         return Instrumented(load_generator(model_path, options), **runtime)
+
+
+def register_hub_folder(folder: str, hub_id: str | None) -> str | None:
+    """Give a Hub snapshot folder the pipeline config fastvideo registered for its Hub id.
+
+    fastvideo picks a model's pipeline config (flow shift, precisions, resolution presets) by
+    its name (registry.py ``_get_config_info``): the exact Hub id, else the id's last part,
+    else detectors on the path and on model_index.json's class name. A snapshot folder of the
+    Hugging Face cache ends in a commit hash, so a model the backend fetched would be left to
+    the detectors, which for some ids pick another config (Wan2.1-T2V-14B's folder would get
+    the 480P one). The folder is mapped to the id's entry, as fastvideo's own partial match
+    would map it (longest registered id first); the config is chosen in this process (the
+    one calling ``from_pretrained``). Returns the id whose entry it got, None if none."""
+    if not hub_id:
+        return None
+    from fastvideo import registry
+
+    names: dict[str, str] = registry._MODEL_HF_PATH_TO_NAME
+    short = hub_id.lower().rsplit("/", 1)[-1]
+    for known in [hub_id, *sorted(names, key=len, reverse=True)]:
+        if known in names and (known == hub_id or known.lower().rsplit("/", 1)[-1] == short):
+            names.setdefault(folder, names[known])
+            return known
+    return None
 
 
 @contextlib.contextmanager

@@ -106,7 +106,10 @@ class FastVideoEngine(Engine):
     name = "fastvideo"
 
     def __init__(self, model_path: str, task: str, device: str, options: dict[str, Any],
-                 warmup: GenerationParams | None = None):
+                 warmup: GenerationParams | None = None, hub_id: str | None = None):
+        """``hub_id``: the Hub id ``model_path`` (a snapshot folder) was fetched as; fastvideo
+        then picks the pipeline config it registered for that id (see
+        ``adapter.register_hub_folder``)."""
         self.model_path, self.task, self.device = model_path, task, device
         options = dict(options)
         if device != "cuda":
@@ -127,6 +130,8 @@ class FastVideoEngine(Engine):
         self.warmup_time: float | None = None
         self._load_breakdown: dict[str, float] = {}
         self.options = self._generator_options(options)
+        if hub_id:
+            self.options["hub_id"] = hub_id
         self._healthy = False
         self.load_time = 0.0
         self.loads = 0

@@ -68,13 +68,15 @@ def serve_forever(conn: Connection, model_path: str, options: dict[str, Any],
     os.environ.update({k: str(v) for k, v in options.pop("env", {}).items()})
     runtime = options.pop("runtime", {})
     executor = options.pop("executor", "in_process")
+    hub_id = options.pop("hub_id", None)
     keep_frames = runtime.pop("keep_frames", False)  # benchmarks compare raw frames
     try:
         from videoserve.engines.fastvideo import adapter
 
         start = time.perf_counter()
         timings: dict[str, float] = {}
-        runner = adapter.load_runner(model_path, options, executor, timings, **runtime)
+        runner = adapter.load_runner(model_path, options, executor, timings, hub_id=hub_id,
+                                     **runtime)
         conn.send({"type": "ready", "load_time": time.perf_counter() - start,
                    "timings": timings, "version": adapter.check_version(),
                    "worker_pids": runner.worker_pids()})
