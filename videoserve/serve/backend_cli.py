@@ -366,6 +366,19 @@ def download_specs(args: argparse.Namespace) -> dict[Task, ModelSpec]:
             for task, spec in specs.items() if task in parse_tasks(args.tasks)}
 
 
+def fetch(specs: dict[Task, ModelSpec], cluster: bool) -> dict[Task, ModelSpec] | int:
+    """``specs`` with their Hub models fetched (``resolve_models``), or the exit code after
+    printing why not: a fetch that failed, or a Ctrl-C during a download (130)."""
+    try:
+        return resolve_models(specs, cluster=cluster)
+    except ModelFetchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_MODEL_FAILED
+    except KeyboardInterrupt:
+        print("error: download interrupted; run again to resume", file=sys.stderr)
+        return 130
+
+
 def download_only(args: argparse.Namespace) -> int:
     """``--download_only``: fetch, print ``<task>: <model> <folder>`` per model, exit."""
     try:
@@ -373,14 +386,9 @@ def download_only(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    try:
-        fetched = resolve_models(specs, cluster=bool(args.ray_address))
-    except ModelFetchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_MODEL_FAILED
-    except KeyboardInterrupt:
-        print("error: download interrupted; run again to resume", file=sys.stderr)
-        return 130
+    fetched = fetch(specs, cluster=bool(args.ray_address))
+    if isinstance(fetched, int):
+        return fetched
     for task, spec in fetched.items():
         where = spec.local_path or "(not a Hub id: nothing to download)"
         print(f"{task}: {spec.model} {where}", flush=True)
@@ -405,16 +413,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     warn_if_open(args.host, settings)
-    try:
-        # Before Ray starts: replicas load the fetched folders and never download.
-        settings = replace(settings, models=resolve_models(settings.models,
-                                                           cluster=bool(args.ray_address)))
-    except ModelFetchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_MODEL_FAILED
-    except KeyboardInterrupt:
-        print("error: download interrupted; run again to resume", file=sys.stderr)
-        return 130
+    # Before Ray starts: replicas load the fetched folders and never download.
+    fetched = fetch(settings.models, cluster=bool(args.ray_address))
+    if isinstance(fetched, int):
+        return fetched
+    settings = replace(settings, models=fetched)
     for spec in settings.models.values():
         note = " (random weights: output is noise)" if spec.synthetic else ""
         log.info("%s: %s on %s via %s%s", spec.task, spec.model, spec.device, spec.engine, note)
