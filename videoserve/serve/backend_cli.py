@@ -418,9 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(fetched, int):
         return fetched
     settings = replace(settings, models=fetched)
-    for spec in settings.models.values():
-        note = " (random weights: output is noise)" if spec.synthetic else ""
-        log.info("%s: %s on %s via %s%s", spec.task, spec.model, spec.device, spec.engine, note)
+    _log_models(settings)
     stop = threading.Event()
     _on_stop_signals(stop)
     started = time.perf_counter()
@@ -440,23 +438,33 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             _shutdown(running)
             return 2
-    app = running.app
     # Again after Ray started: ray.init installs its own SIGTERM handler, which would end the
     # process without draining.
     _on_stop_signals(stop)
     log.info("ready in %.1fs: http://%s:%d (API docs at /docs)", time.perf_counter() - started,
              args.host, args.port)
-    _log_placement(app)
+    _log_placement(running.app)
     stop.wait()
-    log.info("draining (up to %.0fs), then shutting down", args.drain_timeout)
+    _drain_and_shut_down(running, args.drain_timeout)
+    return 0
+
+
+def _drain_and_shut_down(running: Running, drain_timeout: float) -> None:
+    """On SIGTERM/SIGINT: let waiting requests finish (up to ``drain_timeout``), then stop
+    what this process started."""
+    log.info("draining (up to %.0fs), then shutting down", drain_timeout)
     try:
-        drained = app.drain.remote(args.drain_timeout).result(
-            timeout_s=args.drain_timeout + 30)
+        drained = running.app.drain.remote(drain_timeout).result(timeout_s=drain_timeout + 30)
         log.info("drained: %s", drained)
     except Exception:  # noqa: BLE001 - shut down anyway; queued jobs are on disk
         log.exception("drain failed")
     _shutdown(running)
-    return 0
+
+
+def _log_models(settings: Settings) -> None:
+    for spec in settings.models.values():
+        note = " (random weights: output is noise)" if spec.synthetic else ""
+        log.info("%s: %s on %s via %s%s", spec.task, spec.model, spec.device, spec.engine, note)
 
 
 def _on_stop_signals(stop: threading.Event) -> None:

@@ -156,17 +156,35 @@ def resolve_model(repo_id: str, *, task: str | None = None, api: Any = None,
     """
     if download is None:
         from huggingface_hub import snapshot_download as download
-    flag = _flag(task)
-    cache = hub_cache_dir()
     if hub_offline():
-        local = _cached(repo_id, download)
-        if local is None:
-            raise ModelFetchError(
-                f"{repo_id} is not in the Hugging Face cache {cache} and HF_HUB_OFFLINE=1 "
-                f"forbids downloading it. {_ways_out(repo_id, task)}")
-        log.info("%s: HF_HUB_OFFLINE=1, using the cached snapshot", repo_id)
-        return local
+        return _offline_snapshot(repo_id, task, download)
+    info = _repo_info(repo_id, task, api, download)
+    if isinstance(info, Path):  # the Hub did not answer, and the cache has the model
+        return info
+    _check_files_and_room(repo_id, list(info.siblings or []), task, disk_usage)
+    try:
+        return Path(download(repo_id, repo_type="model", allow_patterns=list(ALLOW_PATTERNS)))
+    except Exception as exc:  # noqa: BLE001 - a network or disk failure midway
+        raise ModelFetchError(
+            f"downloading {repo_id} into {hub_cache_dir()} failed ({_short(exc)}); run again "
+            f"to resume (what arrived is kept), or pass a local model folder with "
+            f"{_flag(task)}") from None
 
+
+def _offline_snapshot(repo_id: str, task: str | None, download: Callable[..., str]) -> Path:
+    local = _cached(repo_id, download)
+    if local is None:
+        raise ModelFetchError(
+            f"{repo_id} is not in the Hugging Face cache {hub_cache_dir()} and HF_HUB_OFFLINE=1 "
+            f"forbids downloading it. {_ways_out(repo_id, task)}")
+    log.info("%s: HF_HUB_OFFLINE=1, using the cached snapshot", repo_id)
+    return local
+
+
+def _repo_info(repo_id: str, task: str | None, api: Any,
+               download: Callable[..., str]) -> Any:
+    """The Hub's model info with file metadata; where the Hub refuses or cannot be reached,
+    the cached snapshot's folder instead (a Path), else ModelFetchError with the way out."""
     import httpx
     from huggingface_hub.errors import RepositoryNotFoundError
 
@@ -175,7 +193,7 @@ def resolve_model(repo_id: str, *, task: str | None = None, api: Any = None,
 
         api = HfApi()
     try:
-        info = api.model_info(repo_id, files_metadata=True, timeout=HUB_TIMEOUT_S)
+        return api.model_info(repo_id, files_metadata=True, timeout=HUB_TIMEOUT_S)
     except RepositoryNotFoundError as exc:  # gated ones too
         local = _cached(repo_id, download)
         if local is not None:
@@ -186,7 +204,7 @@ def resolve_model(repo_id: str, *, task: str | None = None, api: Any = None,
             f"the Hugging Face Hub ({hub_endpoint()}) has no model {repo_id} that this machine "
             f"may read ({type(exc).__name__}): check the id; for a gated or private model "
             f"accept its terms on the Hub and log in (`hf auth login`, or set HF_TOKEN); or "
-            f"pass a local model folder with {flag}") from None
+            f"pass a local model folder with {_flag(task)}") from None
     except (OSError, httpx.HTTPError) as exc:  # unreachable, offline, a 5xx (HfHubHTTPError)
         local = _cached(repo_id, download)
         if local is not None:
@@ -194,11 +212,16 @@ def resolve_model(repo_id: str, *, task: str | None = None, api: Any = None,
                         repo_id, _short(exc))
             return local
         raise ModelFetchError(
-            f"{repo_id} is not in the Hugging Face cache {cache} and the Hugging Face Hub "
-            f"({hub_endpoint()}) cannot be reached ({_short(exc)}). "
+            f"{repo_id} is not in the Hugging Face cache {hub_cache_dir()} and the Hugging Face "
+            f"Hub ({hub_endpoint()}) cannot be reached ({_short(exc)}). "
             f"{_ways_out(repo_id, task)}") from None
 
-    siblings = list(info.siblings or [])
+
+def _check_files_and_room(repo_id: str, siblings: list[Any], task: str | None,
+                          disk_usage: Callable[[Any], Any]) -> None:
+    """Refuse a repository without safetensors weights, and one whose missing files do not
+    fit on the cache's disk (before anything is downloaded)."""
+    flag, cache = _flag(task), hub_cache_dir()
     names = [s.rfilename for s in siblings]
     if not any(n.endswith(".safetensors") for n in wanted(names)) and any(
             n.endswith(OTHER_WEIGHTS) for n in names):
@@ -219,12 +242,6 @@ def resolve_model(repo_id: str, *, task: str | None = None, api: Any = None,
                  total / GB, cache, free / GB)
     else:
         log.info("%s: already in the Hugging Face cache %s", repo_id, cache)
-    try:
-        return Path(download(repo_id, repo_type="model", allow_patterns=list(ALLOW_PATTERNS)))
-    except Exception as exc:  # noqa: BLE001 - a network or disk failure midway
-        raise ModelFetchError(
-            f"downloading {repo_id} into {cache} failed ({_short(exc)}); run again to resume "
-            f"(what arrived is kept), or pass a local model folder with {flag}") from None
 
 
 def _short(exc: BaseException) -> str:
