@@ -194,9 +194,14 @@ def parse_tasks(text: str) -> tuple[Task, ...]:
     return tasks  # type: ignore[return-value]
 
 
+def default_preset(gpus: int) -> str:
+    """The preset when --preset is not given: the real models with a GPU, the tiny ones without."""
+    return "fastwan" if gpus else "tiny"
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     gpus = cuda_gpu_count()
-    preset = args.preset or ("fastwan" if gpus else "tiny")
+    preset = args.preset or default_preset(gpus)
     tasks = parse_tasks(args.tasks)
     resources = parse_resources(args.generator_resources) if args.generator_resources else {}
     sp_sizes = {task: getattr(args, f"{task}_sp_size") for task in TASKS}
@@ -354,16 +359,14 @@ def download_specs(args: argparse.Namespace) -> dict[Task, ModelSpec]:
     """The models ``--download_only`` fetches: those the same flags would serve (the preset,
     the model flags, --tasks), without placing them, so that any machine can fetch them
     (``--preset fastwan`` on one without a GPU)."""
-    preset = args.preset
-    if preset is None:
-        preset = "fastwan" if cuda_gpu_count() else "tiny"
-        if preset == "tiny":
-            log.info("no CUDA GPU visible: the tiny preset, built in (--preset fastwan fetches "
-                     "the real models)")
-    specs = preset_specs(preset, 0)
+    preset = args.preset or default_preset(cuda_gpu_count())
+    if args.preset is None and preset == "tiny":
+        log.info("no CUDA GPU visible: the tiny preset, built in (--preset fastwan fetches "
+                 "the real models)")
+    tasks = parse_tasks(args.tasks)
     overrides = {"t2v": args.t2v_model_path, "i2v": args.i2v_model_path}
     return {task: replace(spec, model=overrides[task] or spec.model)
-            for task, spec in specs.items() if task in parse_tasks(args.tasks)}
+            for task, spec in preset_specs(preset, 0).items() if task in tasks}
 
 
 def fetch(specs: dict[Task, ModelSpec], cluster: bool) -> dict[Task, ModelSpec] | int:
