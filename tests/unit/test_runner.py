@@ -326,3 +326,33 @@ def test_a_job_lost_after_its_model_was_unloaded_is_not_queued_again(tmp_path):
     job, started = asyncio.run(main())
     assert job.status == "failed" and job.error_code == "model_unloaded", job
     assert started == [job.id]
+
+
+def lora_job(name: str, lora: str | None) -> Job:
+    from dataclasses import replace
+
+    from videoserve.core.sampling import LoraRef
+
+    loras = (LoraRef(lora, 1.0, lora * 8),) if lora else ()
+    return Job(id=name, task="t2v", model="m", engine="diffusers", synthetic=True,
+               params=replace(PARAMS, loras=loras), total_steps=2)
+
+
+def test_jobs_with_the_running_loras_go_first_within_a_bounded_skip():
+    from videoserve.core.runner import MAX_LORA_SKIPS, lora_key, pick_jobs
+
+    queue = [lora_job("a", None), lora_job("b", "x"), lora_job("c", None), lora_job("d", "x"),
+             lora_job("e", "x"), lora_job("f", "x")]
+    last, skips, order = lora_key(lora_job("z", "x")), {}, []
+    while queue:
+        (job,) = pick_jobs(queue, 1, last, skips)
+        order.append(job.id)
+        queue.remove(job)
+        last = lora_key(job)
+    # "a" (no LoRA) is passed over by the x jobs MAX_LORA_SKIPS times, then runs; then the
+    # plain "c" waits at most as long.
+    assert MAX_LORA_SKIPS == 2
+    assert order == ["b", "d", "a", "c", "e", "f"]
+    # Without LoRAs anywhere the order is first come, first served.
+    plain = [lora_job(n, None) for n in "pqr"]
+    assert [j.id for j in pick_jobs(plain, 3, (), {})] == ["p", "q", "r"]

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from videoserve.core.loras import DEFAULT_MAX_BYTES
+
 Task = Literal["t2v", "i2v"]
 
 
@@ -99,6 +101,11 @@ class ModelSpec:
     # (a Hub id's snapshot in the Hugging Face cache, see videoserve.serve.model_fetch); None:
     # ``model`` itself. Never shown to clients: ``model`` stays the name.
     local_path: str | None = None
+    # LoRAs applied to every request that names none (--t2v_lora / --i2v_lora): (id, scale).
+    loras: tuple[tuple[str, float], ...] = ()
+    # The LoRA folder its replicas read LoRAs from (the backend's --lora_dir; in a cluster the
+    # same path on every node, like the model folders). Never shown to clients.
+    lora_dir: str | None = None
 
     @property
     def device(self) -> str:
@@ -116,6 +123,7 @@ class ModelSpec:
             "speed": self.speed,
             "defaults": self.defaults.__dict__,
             "limits": self.limits.__dict__,
+            "loras": [{"id": lora_id, "scale": scale} for lora_id, scale in self.loras],
         }
 
 
@@ -180,6 +188,51 @@ def parse_resources(text: str) -> dict[str, float]:
     return resources
 
 
+def parse_defaults(text: str, spec: ModelSpec, flag: str) -> SamplingDefaults:
+    """``KEY=VALUE,...`` (``--t2v_defaults``) over the spec's sampling defaults; each value
+    takes the type of the default it replaces, and the result must fit the model's limits."""
+    values: dict[str, Any] = {}
+    known = spec.defaults.__dict__
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or key not in known:
+            raise ConfigError(f"{flag}: {item!r} is not KEY=VALUE with KEY one of "
+                              f"{', '.join(known)}")
+        values[key] = _typed(type(known[key]), raw.strip(), f"{flag}: {key}")
+    defaults = replace(spec.defaults, **values)
+    _check_defaults(defaults, spec, flag)
+    return defaults
+
+
+def _typed(kind: type, raw: str, what: str) -> Any:
+    if kind is str:
+        return raw
+    try:
+        number = float(raw)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or (kind is int and not number.is_integer()):
+        raise ConfigError(f"{what} must be {'an integer' if kind is int else 'a number'}, "
+                          f"got {raw!r}")
+    return kind(number)
+
+
+def _check_defaults(defaults: SamplingDefaults, spec: ModelSpec, flag: str) -> None:
+    from videoserve.core.request import valid_frames, valid_side
+
+    limits = spec.limits
+    for name, value in defaults.__dict__.items():
+        bound = getattr(limits, f"max_{name}", None)
+        if isinstance(value, int | float) and (value <= 0 and name != "guidance_scale" or
+                                               bound is not None and value > bound):
+            raise ConfigError(f"{flag}: {name}={value} is outside 1..{bound}")
+    if not valid_frames(defaults.num_frames):
+        raise ConfigError(f"{flag}: num_frames must be 4k+1, got {defaults.num_frames}")
+    if not (valid_side(defaults.height) and valid_side(defaults.width)):
+        raise ConfigError(f"{flag}: height and width must be multiples of 16")
+
+
 def is_synthetic(model: str) -> bool:
     """Random-weight models: the built-in tiny ids and folders the model builder marked (its
     SYNTHETIC.txt), full-size ones included: their output is noise."""
@@ -226,6 +279,10 @@ class Settings:
     allow_model_management: bool = False
     # The folder a model switch may load from, besides Hub ids and the models started with.
     model_dir: Path | None = None
+    # The LoRA folder (GET /v1/loras); None: ``loras/`` next to the output folder.
+    lora_dir: Path | None = None
+    # Larger LoRA files are listed with an error and never loaded.
+    lora_max_bytes: int = DEFAULT_MAX_BYTES
     # A damaged job table is recovered (its readable jobs copied) instead of refused.
     recover_jobs: bool = False
     # Origins (scheme://host[:port]) whose browser pages may call the API, besides its own.
@@ -240,6 +297,10 @@ class Settings:
     @property
     def inputs_dir(self) -> Path:
         return self.input_path if self.input_path is not None else self.output_path / "inputs"
+
+    @property
+    def loras_dir(self) -> Path:
+        return self.lora_dir if self.lora_dir is not None else self.output_path.parent / "loras"
 
     @property
     def videos_dir(self) -> Path:

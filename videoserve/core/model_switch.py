@@ -105,6 +105,7 @@ def spec_from_dict(data: dict[str, Any]) -> ModelSpec:
     data = dict(data)
     data["defaults"] = SamplingDefaults(**data["defaults"])
     data["limits"] = Limits(**data["limits"])
+    data["loras"] = tuple((str(i), float(v)) for i, v in data.get("loras") or ())
     known = ModelSpec.__dataclass_fields__
     return ModelSpec(**{k: v for k, v in data.items() if k in known})
 

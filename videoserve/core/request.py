@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from videoserve.core.loras import MAX_LORAS, MAX_SCALE
+
 MAX_PROMPT_CHARS = 2000
 
 
@@ -62,6 +64,30 @@ def check_multiple_of_16(value: int | None) -> int | None:
     return value
 
 
+class LoraChoice(BaseModel):
+    """One LoRA of a request: a file of the server's LoRA folder (GET /v1/loras) and its
+    strength (0 is the base model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=200)
+    scale: float = Field(default=1.0, ge=0.0, le=MAX_SCALE)
+
+    _number = field_validator("scale", mode="before")(refuse_bool)
+
+
+def check_loras(value: list[LoraChoice] | None) -> list[LoraChoice] | None:
+    if value is None:
+        return None
+    if len(value) > MAX_LORAS:
+        raise ValueError(f"at most {MAX_LORAS} LoRAs per request")
+    ids = [choice.id for choice in value]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise ValueError(f"each LoRA may be named once; repeated: {', '.join(repeated)}")
+    return value
+
+
 class GenerateVideoRequest(BaseModel):
     """Body of POST /generate_video. Unset parameters take the chosen model's defaults."""
 
@@ -88,10 +114,14 @@ class GenerateVideoRequest(BaseModel):
     width: int | None = Field(default=None, ge=16, le=4096, strict=True)
     num_inference_steps: int | None = Field(default=None, ge=1, le=1000, strict=True)
     fps: int | None = Field(default=None, ge=1, le=120, strict=True)
+    loras: list[LoraChoice] | None = Field(
+        default=None, description=f"LoRA adapters and their strengths (at most {MAX_LORAS}; "
+        "GET /v1/loras lists them); unset: the model's default LoRAs, [] none")
 
     _frames = field_validator("num_frames")(check_frames)
     _size = field_validator("height", "width")(check_multiple_of_16)
     _number = field_validator("guidance_scale", mode="before")(refuse_bool)
+    _loras = field_validator("loras")(check_loras)
 
     @field_validator("prompt")
     @classmethod

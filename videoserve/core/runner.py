@@ -45,8 +45,41 @@ DEFAULT_JOB_S = 30.0  # assumed job length until one has been measured
 FORCE_CANCEL_S = 30.0
 # The error code of jobs failed because their task's model went away (it may be loaded again).
 MODEL_UNLOADED = "model_unloaded"
+# Queued jobs that use the LoRAs of the job dispatched last go first, so that replicas switch
+# LoRAs less often (each switch re-merges the DiT's weights); no job is passed over more than
+# this many times, so first-come order is kept within that bound.
+MAX_LORA_SKIPS = 2
 # Whether a task has a model (serving, or being loaded) that its queued jobs can wait for.
 HasModel = Callable[[Task], bool]
+
+
+def lora_key(job: Job) -> tuple[tuple[str, float], ...]:
+    """The LoRAs a job runs with, as a replica compares them (scale 0 is no LoRA)."""
+    return tuple((lora.sha256, lora.scale) for lora in job.params.loras if lora.scale)
+
+
+def pick_jobs(queued: list[Job], free: int, last: tuple | None,
+              skips: dict[str, int]) -> list[Job]:
+    """Up to ``free`` of the ``queued`` jobs (oldest first) to start now: the oldest, unless a
+    later one has the LoRAs ``last`` and no job before it was passed over MAX_LORA_SKIPS times
+    already. ``skips`` counts the passes per job id and is updated."""
+    waiting, chosen = list(queued), []
+    while waiting and len(chosen) < free:
+        index = 0
+        if last is not None and lora_key(waiting[0]) != last:
+            for i, job in enumerate(waiting):
+                if skips.get(job.id, 0) >= MAX_LORA_SKIPS:
+                    break  # this one may not wait longer: nothing after it goes first
+                if lora_key(job) == last:
+                    index = i
+                    break
+        for passed in waiting[:index]:
+            skips[passed.id] = skips.get(passed.id, 0) + 1
+        job = waiting.pop(index)
+        skips.pop(job.id, None)
+        chosen.append(job)
+        last = lora_key(job)
+    return chosen
 
 
 class JobObserver:
@@ -88,6 +121,8 @@ class JobRunner:
         self._wake: dict[str, asyncio.Event] = {}
         self._loops: list[asyncio.Task] = []
         self._job_seconds: dict[str, float] = {}
+        self._last_loras: dict[str, tuple] = {}  # per task: the LoRAs of the last job started
+        self._lora_skips: dict[str, int] = {}  # queued job id -> times passed over
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -177,8 +212,11 @@ class JobRunner:
             running = sum(1 for t in self._running.values() if t.get_name() == task)
             free = self.capacity(task) - running
             if free > 0:
-                for job in [j for j in self.store.active()
-                            if j.task == task and j.status == "queued"][:free]:
+                queued = [j for j in self.store.active() if j.task == task and j.status == "queued"]
+                for gone in set(self._lora_skips) - {j.id for j in queued}:
+                    del self._lora_skips[gone]  # cancelled or deleted while queued
+                for job in pick_jobs(queued, free, self._last_loras.get(task), self._lora_skips):
+                    self._last_loras[task] = lora_key(job)
                     self._start_job(job)
             try:
                 await asyncio.wait_for(wake.wait(), WAKE_S)

@@ -23,6 +23,16 @@ from videoserve.core.request import SEED_MAX
 
 
 @dataclass(frozen=True)
+class LoraRef:
+    """A LoRA applied to one generation: its id in the LoRA folder, its strength, and the
+    sha256 of the file it was checked against (a replica refuses a file changed since)."""
+
+    id: str
+    scale: float
+    sha256: str
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """One generation's parameters, resolved and within the model's limits."""
 
@@ -35,17 +45,25 @@ class SamplingParams:
     width: int
     num_inference_steps: int
     fps: int
+    # Resolved by the service against the LoRA folder (``videoserve.core.loras``).
+    loras: tuple[LoraRef, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["loras"] = [asdict(lora) for lora in self.loras]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SamplingParams:
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        values = {f.name: data[f.name] for f in fields(cls) if f.name != "loras"}
+        # Jobs stored before LoRAs existed have none.
+        loras = tuple(LoraRef(**lora) for lora in data.get("loras") or ())
+        return cls(**values, loras=loras)
 
 
 # Taken from the request when given, else from the model's SamplingDefaults (same names).
-DEFAULTED = tuple(f.name for f in fields(SamplingParams) if f.name not in ("prompt", "seed"))
+DEFAULTED = tuple(f.name for f in fields(SamplingParams)
+                  if f.name not in ("prompt", "seed", "loras"))
 
 
 def resolve(request: Any, spec: ModelSpec) -> SamplingParams:

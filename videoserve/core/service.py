@@ -15,7 +15,8 @@ import logging
 import os
 import stat
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +34,17 @@ from videoserve.core.errors import (
     Unavailable,
 )
 from videoserve.core.jobs import Job, JobStore, new_job_id
+from videoserve.core.loras import LoraCatalog, LoraError, check_fits, first_mismatch, model_shapes
 from videoserve.core.media import MediaError, decode_base64, fitted_png, image_size
 from videoserve.core.model_switch import ModelManager
 from videoserve.core.request import GenerateVideoRequest
 from videoserve.core.runner import MODEL_UNLOADED, Dispatch, JobObserver, JobRunner, RequestCancel
-from videoserve.core.sampling import Result, SamplingParams, resolve
+from videoserve.core.sampling import LoraRef, Result, SamplingParams, resolve
 from videoserve.core.storage import VideoFiles
 
 log = logging.getLogger(__name__)
+# The folder a model's replicas load (None: not known here, e.g. a Hub id fastvideo resolves).
+ModelFolder = Callable[[ModelSpec], "Path | None"]
 # Retry-After for requests whose model was unloaded under them: PUT /v1/models loads one again.
 UNLOADED_RETRY_S = 30
 
@@ -115,6 +119,12 @@ def _open_error(exc: OSError) -> ServiceError:
     return _path_error(InvalidRequest, "no such file in the input directory", "file_not_found")
 
 
+def default_model_folder(spec: ModelSpec) -> Path | None:
+    """A model's folder when it is one on this machine (fetched Hub ids have ``local_path``)."""
+    folder = Path(spec.local_path or spec.model).expanduser()
+    return folder if folder.is_dir() else None
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A validated request, resolved against its model and ready to queue."""
@@ -160,8 +170,11 @@ class VideoService:
 
     def __init__(self, settings: Settings, dispatch: Dispatch, models: ModelManager,
                  request_cancel: RequestCancel | None = None,
-                 observer: JobObserver | None = None):
+                 observer: JobObserver | None = None, model_folder: ModelFolder | None = None):
         self.settings = settings
+        self.loras = LoraCatalog(settings.loras_dir, settings.lora_max_bytes)
+        self._model_folder = model_folder or default_model_folder
+        self._layers: dict[tuple[str, str | None], dict[str, tuple[int, ...]] | None] = {}
         self.models = models  # the models served now, and their switches
         settings.inputs_dir.mkdir(parents=True, exist_ok=True)
         self.files = VideoFiles(settings.videos_dir)
@@ -235,11 +248,49 @@ class VideoService:
             raise InvalidInput("image-to-video needs an image: send image (base64 or data URL) "
                                "or image_path", param="image", code="image_required")
         params = resolve(request, spec)
+        params = replace(params, loras=await self.resolve_loras(request, spec))
         image_png = await self.prepare_image(request, params) if task == "i2v" else None
         explicit_seed = request.seed is not None and not request.randomize_seed
         key = fingerprint(task, spec, params, image_png, owner) if explicit_seed else None
         digest = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
         return Prepared(task, spec, params, image_png, key, owner, digest)
+
+    async def resolve_loras(self, request: GenerateVideoRequest,
+                            spec: ModelSpec) -> tuple[LoraRef, ...]:
+        """The request's LoRAs (the model's defaults when it names none), each checked: 422 for
+        a bad id or a file that is no LoRA or does not fit the model, 404 for an unknown one."""
+        chosen = ([(c.id, c.scale) for c in request.loras] if request.loras is not None
+                  else list(spec.loras))
+        refs = []
+        for lora_id, scale in chosen:
+            info = await asyncio.to_thread(self.loras.usable, lora_id)
+            check_fits(info, await asyncio.to_thread(self.model_layers, spec), spec.model)
+            refs.append(LoraRef(lora_id, scale, info.sha256 or ""))
+        return tuple(refs)
+
+    def model_layers(self, spec: ModelSpec) -> dict[str, tuple[int, ...]] | None:
+        """The shapes of the model's transformer parameters (None when its folder is not
+        readable here: its replica checks the LoRAs then)."""
+        key = (spec.model, spec.local_path)
+        if key not in self._layers:
+            folder = self._model_folder(spec)
+            try:
+                self._layers[key] = model_shapes(folder) if folder is not None else None
+            except (LoraError, OSError) as exc:
+                log.info("LoRAs for %s are checked by its replicas: %s", spec.model, exc)
+                self._layers[key] = None
+        return self._layers[key]
+
+    def list_loras(self) -> list[dict[str, Any]]:
+        """GET /v1/loras: every file of the LoRA folder and the loaded models it fits."""
+        specs = self.current_specs()
+        listed = []
+        for info in self.loras.scan():
+            tasks = [task for task, spec in specs.items() if info.layout is not None
+                     and (layers := self.model_layers(spec)) is not None
+                     and first_mismatch(info.layout, layers) is None]
+            listed.append(info.describe(tasks))
+        return listed
 
     def enqueue(self, prepared: Prepared, idempotency_key: str | None = None) -> tuple[Job, bool]:
         """Queue a prepared request; (job, cached). A cached job is an earlier identical one."""

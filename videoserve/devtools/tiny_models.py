@@ -9,10 +9,12 @@ Two sizes (``videoserve.devtools.model_sizes``): ``tiny`` (a few MB, CPU, second
 there is one).
 
 Usage: ``python -m videoserve.tiny_models OUT_DIR`` builds both tiny models under OUT_DIR and
-prints their paths; ``python -m videoserve.tiny_models --size full --out DIR [--tasks t2v i2v]``
-builds the full-size ones. ``ensure_tiny_models()`` / ``ensure_full_models()`` build them once
-into a cache directory (env ``VIDEOSERVE_MODEL_CACHE``, default ``~/.cache/videoserve/models``)
-and reuse them afterwards.
+prints their paths; ``python -m videoserve.tiny_models --size full --out DIR [--tasks t2v i2v]
+[--loras LORA_DIR]`` builds the full-size ones; ``--loras`` also writes the synthetic LoRAs of
+each built model into LORA_DIR (see ``videoserve.devtools.synthetic_loras``), e.g.
+``--size full --out /tmp/full --tasks i2v --loras /tmp/full/loras``.
+``ensure_tiny_models()`` / ``ensure_full_models()`` build them once into a cache directory (env
+``VIDEOSERVE_MODEL_CACHE``, default ``~/.cache/videoserve/models``) and reuse them afterwards.
 
 Layout choices forced by fastvideo 0.2.0 (see shared/FASTVIDEO_FACTS.md):
 - the scheduler JSON is written by hand: fastvideo's UniPC rejects keys that current diffusers
@@ -539,7 +541,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="another seed gives another DiT of the same shape (default 0)")
     parser.add_argument("--force", action="store_true",
                         help="build again even where a complete folder of the same size and "
-                             "seed is there")
+                             "seed is there (and write the --loras files again)")
+    parser.add_argument("--loras", type=Path, metavar="DIR",
+                        help="also write synthetic (random-weight) LoRAs of each built model, "
+                             "in diffusers and Wan format, into DIR")
     args = parser.parse_args(argv)
     if (args.out is None) == (args.out_dir is None):
         parser.error("give the output directory once: OUT_DIR or --out DIR")
@@ -573,7 +578,32 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.perf_counter() - start
         size_mb = _folder_size(path) / 1e6
         print(f"{task}\t{path}\t{size_mb:.2f} MB\t{elapsed:.1f} s", flush=True)
+    if args.loras is not None:
+        _write_loras(args, size)
     return 0
+
+
+def _write_loras(args: argparse.Namespace, size: ModelSize) -> None:
+    # Imported here: synthetic_loras imports this module.
+    from videoserve.devtools.synthetic_loras import (
+        lora_paths,
+        loras_complete,
+        write_synthetic_loras,
+    )
+
+    lora_dir = Path(args.loras).expanduser().absolute()
+    for task in (task for task in TASKS if task in args.tasks):
+        model = Path(args.out).expanduser().absolute() / size.folder_names[task]
+        prefix = f"synthetic-{task}"
+        start = time.perf_counter()
+        paths = lora_paths(lora_dir, prefix)
+        written = "already written (--force writes them again)"
+        if args.force or not loras_complete(paths, model):
+            paths = write_synthetic_loras(model, lora_dir, prefix=prefix)
+            written = f"{time.perf_counter() - start:.1f} s"
+        for fmt, path in paths.items():
+            size_mb = path.stat().st_size / 1e6
+            print(f"{task}\tlora-{fmt}\t{path}\t{size_mb:.2f} MB\t{written}", flush=True)
 
 
 if __name__ == "__main__":

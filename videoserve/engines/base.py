@@ -27,10 +27,22 @@ class GenerationError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class LoraFile:
+    """One LoRA of a generation, as the replica reads it (``videoserve.engines.lora``)."""
+
+    id: str
+    path: str
+    sha256: str  # the file's when the job was admitted: a file changed since is refused
+    scale: float
+
+
+@dataclass(frozen=True)
 class GenerationParams(SamplingParams):
-    """A fully resolved and validated request plus its image (already fitted to the size)."""
+    """A fully resolved and validated request plus its image (already fitted to the size)
+    and the files of its LoRAs."""
 
     image: Image.Image | None = None
+    lora_files: tuple[LoraFile, ...] = ()
 
 
 @dataclass

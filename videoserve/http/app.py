@@ -16,7 +16,7 @@ from videoserve.core.metrics import ServiceMetrics
 from videoserve.core.service import VideoService
 from videoserve.http.body_limits import BodyBudget, BodyRules, BodySizeLimit
 from videoserve.http.errors import install_error_handlers
-from videoserve.http.routes import generate, health, models, videos
+from videoserve.http.routes import generate, health, loras, models, videos
 from videoserve.http.routes.deps import PlacementFn, ReadinessFn
 from videoserve.http.security import ApiKeyAuth, RequestGuard
 from videoserve.http.video_file import VideoFile
@@ -63,6 +63,7 @@ def create_app(service: VideoService, readiness: ReadinessFn,
     app.include_router(videos.router)
     app.include_router(health.router)
     app.include_router(models.router)
+    app.include_router(loras.router)
     if metrics is not None:
         app.include_router(health.metrics_router)
     if placement is not None:

@@ -7,6 +7,7 @@ service's own parameters, which are accepted alongside them.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import time
 from typing import Any
@@ -50,6 +51,8 @@ async def read_create_body(request: Request) -> dict[str, Any]:
                 value = f"data:{kind};base64," + base64.b64encode(data).decode()
             elif key in INT_FIELDS and INTEGER.match(value):
                 value = int(value)
+            elif key == "loras":
+                value = form_json(key, value)
             fields[key] = value
         return fields
     try:
@@ -61,6 +64,15 @@ async def read_create_body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(422, "the body must be a JSON object", code="invalid_json")
     return body
+
+
+def form_json(key: str, value: str) -> Any:
+    """A form field that holds JSON (``loras``: a JSON array of {"id", "scale"})."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        raise ApiError(422, f"{key}: a form field must hold JSON, e.g. "
+                       '[{"id": "my-lora", "scale": 1.0}]', param=key) from None
 
 
 def parse_create(fields: dict[str, Any], loc: tuple = ("body",)) -> VideoCreateRequest:

@@ -29,6 +29,14 @@ class BatchRequest(BaseModel):
     requests: list[dict[str, Any]] = Field(min_length=1, max_length=64)
 
 
+class AppliedLora(BaseModel):
+    """A LoRA a job ran with: its id, strength and the sha256 of the file used."""
+
+    id: str
+    scale: float
+    sha256: str
+
+
 class GenerateVideoResponse(BaseModel):
     """Body returned by POST /generate_video once the video is written."""
 
@@ -50,6 +58,7 @@ class GenerateVideoResponse(BaseModel):
     fps: int
     num_inference_steps: int
     guidance_scale: float
+    loras: list[AppliedLora] = Field(default_factory=list)
     inference_time: float
     encoding_time: float
     total_time: float
@@ -153,6 +162,7 @@ class VideoObject(Described):
     width: int
     num_inference_steps: int
     fps: int
+    loras: list[AppliedLora] = Field(default_factory=list)
     attempts: int
     created_at: int
     completed_at: int | None
@@ -209,10 +219,30 @@ class ModelEntry(Described):
     # The dataclasses the backend describes its models with: their fields are written once.
     defaults: SamplingDefaults | None = None
     limits: Limits | None = None
+    loras: list[dict[str, Any]] = Field(default_factory=list, description="the LoRAs (id, "
+                                        "scale) every request that names none runs with")
     state: str
     generation: int | None
     switching_to: ModelSwitch | None = None
     last_switch: dict[str, Any] | None = None
+
+
+class LoraEntry(Described):
+    """A file of the LoRA folder."""
+
+    id: str = Field(description="the file name without .safetensors")
+    object: Literal["lora"] = "lora"
+    tasks: list[Literal["t2v", "i2v"]] = Field(description="the loaded models it fits")
+    rank: int | None
+    format: Literal["diffusers", "wan"] | None
+    bytes: int
+    sha256: str | None
+    error: str | None = Field(default=None, description="why the file cannot be used")
+
+
+class LoraList(Described):
+    object: Literal["list"] = "list"
+    data: list[LoraEntry]
 
 
 class ModelList(Described):

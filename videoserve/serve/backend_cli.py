@@ -32,9 +32,20 @@ from videoserve.core.config import (
     ModelSpec,
     Settings,
     Task,
+    parse_defaults,
     parse_resources,
 )
+from videoserve.core.errors import InvalidInput, NotFound
 from videoserve.core.job_table import check_or_recover
+from videoserve.core.loras import (
+    DEFAULT_MAX_BYTES,
+    MAX_LORAS,
+    LoraCatalog,
+    LoraError,
+    check_fits,
+    model_shapes,
+    parse_lora_flag,
+)
 from videoserve.core.model_switch import StartupFailed
 from videoserve.http.hosts import ANY as ANY_HOST
 from videoserve.http.hosts import default_allowed_hosts, normalize_host
@@ -70,6 +81,20 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                                  "video as exact attention kernels would) or fast (adds FP8 "
                                  "matmuls and a step cache: faster, slightly different "
                                  "videos; fastvideo on a GPU only)")
+        parser.add_argument(f"--{task}_lora", action="append", default=None,
+                            metavar="ID[:SCALE]",
+                            help=f"a LoRA of the LoRA folder every {task} request that names "
+                                 "none runs with (scale default 1; repeatable)")
+        parser.add_argument(f"--{task}_defaults", default=None, metavar="KEY=VALUE,...",
+                            help=f"override the {task} model's sampling defaults, e.g. "
+                                 "num_inference_steps=4,guidance_scale=1 for a "
+                                 "step-distilled LoRA")
+    parser.add_argument("--lora_dir", default=None,
+                        help="the LoRA folder: its .safetensors files are the LoRAs requests "
+                             "may name (default: loras/ next to --output_path; created)")
+    parser.add_argument("--lora_max_mb", type=int, default=None,
+                        help="larger LoRA files are listed with an error and never loaded "
+                             f"(default: {DEFAULT_MAX_BYTES // 2**20})")
     parser.add_argument("--output_path", default="outputs",
                         help="where videos (and by default input images) live")
     parser.add_argument("--input_path", default=None,
@@ -214,12 +239,63 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     inputs = Path(args.input_path).expanduser().resolve() if args.input_path else None
     origins = tuple(o.strip().rstrip("/") for o in args.cors_origins.split(",") if o.strip())
     model_dir = Path(args.model_dir).expanduser().resolve() if args.model_dir else None
+    specs = with_model_defaults(specs, args)
+    lora_dir = Path(args.lora_dir).expanduser().resolve() if args.lora_dir else None
+    lora_max_mb = DEFAULT_MAX_BYTES // 2**20 if args.lora_max_mb is None else args.lora_max_mb
+    if lora_max_mb <= 0:
+        raise ConfigError("--lora_max_mb must be positive")
     return Settings(models=specs, output_path=output, input_path=inputs,
+                    lora_dir=lora_dir, lora_max_bytes=lora_max_mb * 2**20,
                     api_keys=api_keys(args), cors_origins=origins,
                     allowed_hosts=allowed_hosts(args),
                     admin_api_keys=admin_api_keys(args), model_dir=model_dir,
                     allow_model_management=args.allow_model_management,
                     recover_jobs=args.recover_jobs)
+
+
+def with_model_defaults(specs: dict[Task, ModelSpec],
+                        args: argparse.Namespace) -> dict[Task, ModelSpec]:
+    """``--<task>_lora`` and ``--<task>_defaults`` applied to the specs."""
+    specs = dict(specs)
+    for task, spec in specs.items():
+        changes: dict[str, Any] = {}
+        given = getattr(args, f"{task}_lora", None) or []
+        try:
+            loras = [parse_lora_flag(text) for text in given]
+        except ValueError as exc:
+            raise ConfigError(f"--{task}_lora {exc}") from None
+        ids = [lora_id for lora_id, _ in loras]
+        if len(set(ids)) != len(ids) or len(ids) > MAX_LORAS:
+            raise ConfigError(f"--{task}_lora: at most {MAX_LORAS} different LoRAs")
+        if loras:
+            changes["loras"] = tuple(loras)
+        text = getattr(args, f"{task}_defaults", None)
+        if text:
+            changes["defaults"] = parse_defaults(text, spec, f"--{task}_defaults")
+        specs[task] = replace(spec, **changes)
+    return specs
+
+
+def check_model_loras(settings: Settings) -> None:
+    """Every default LoRA is in the LoRA folder and fits its model (ConfigError naming it)."""
+    from videoserve.serve.deployments import local_model_folder
+
+    catalog = LoraCatalog(settings.loras_dir, settings.lora_max_bytes)
+    for task, spec in settings.models.items():
+        for lora_id, _ in spec.loras:
+            try:
+                info = catalog.usable(lora_id)
+                folder = local_model_folder(spec)
+                layers = model_shapes(folder) if folder else None
+            except (NotFound, InvalidInput) as exc:
+                raise ConfigError(f"--{task}_lora {lora_id}: {exc.message} (LoRA folder: "
+                                  f"{settings.loras_dir})") from None
+            except (LoraError, OSError):
+                layers = None  # its replicas check it
+            try:
+                check_fits(info, layers, spec.model)
+            except InvalidInput as exc:
+                raise ConfigError(f"--{task}_lora {lora_id}: {exc.message}") from None
 
 
 def connect_host(host: str) -> str:
@@ -421,6 +497,11 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(fetched, int):
         return fetched
     settings = replace(settings, models=fetched)
+    try:
+        check_model_loras(settings)  # needs the fetched folders
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     _log_models(settings)
     stop = threading.Event()
     _on_stop_signals(stop)

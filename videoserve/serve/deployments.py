@@ -12,13 +12,15 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from videoserve.core.config import Settings, Task
+from videoserve.core.config import ModelSpec, Settings, Task
 from videoserve.core.model_switch import (
     FAILED_STATES,
     ModelManager,
@@ -68,6 +70,18 @@ class FreshWithin:
                 await self.read()
 
 
+def local_model_folder(spec: ModelSpec) -> Path | None:
+    """The folder ``spec``'s replicas load, when it is on this node (to check LoRAs against
+    its layers); None for a Hub id fastvideo resolves itself, or a folder not here."""
+    from videoserve.engines import model_source
+
+    try:
+        source = model_source(spec)
+    except (OSError, ValueError):
+        return None
+    return source if isinstance(source, Path) and source.is_dir() else None
+
+
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 @serve.ingress()
 class Ingress:
@@ -79,6 +93,10 @@ class Ingress:
         from videoserve.http.access_log import quiet_probe_access_logs
 
         quiet_probe_access_logs()
+        # Replicas read LoRAs from the same folder the ingress lists (same path on each node).
+        lora_dir = str(settings.loras_dir)
+        settings = replace(settings, models={task: replace(spec, lora_dir=lora_dir)
+                                             for task, spec in settings.models.items()})
         self.settings = settings
         self.app_name = serve.get_replica_context().app_name
         self.node_id = ray.get_runtime_context().get_node_id()
@@ -93,7 +111,7 @@ class Ingress:
             lambda: {t: s.model for t, s in self.service.current_specs().items()},
             lambda t: self.service.runner.counts(t), self.models.readiness)
         self.service = VideoService(settings, self._dispatch, self.models,
-                                    self._request_cancel, self.metrics)
+                                    self._request_cancel, self.metrics, local_model_folder)
         # The constructor runs on the replica's event loop: the runner's tasks live there.
         self.service.start()
         loop = asyncio.get_running_loop()

@@ -41,7 +41,9 @@ ROOT = Path(__file__).resolve().parents[2]  # the project root: videoserve/serve
 FORWARDED = ("preset", "engine", "t2v_model_path", "i2v_model_path", "tasks", "replicas",
              "t2v_sp_size", "i2v_sp_size", "t2v_speed", "i2v_speed", "output_path",
              "input_path", "ray_address", "num_cpus", "metrics_export_port",
-             "generator_resources", "cors_origins", "model_dir", "allowed_hosts")
+             "generator_resources", "cors_origins", "model_dir", "allowed_hosts",
+             "lora_dir", "lora_max_mb", "t2v_lora", "i2v_lora", "t2v_defaults",
+             "i2v_defaults")
 SWITCHES = ("allow_model_management", "recover_jobs")  # forwarded when given
 
 
@@ -63,8 +65,9 @@ def backend_command(args: argparse.Namespace) -> list[str]:
                "--port", str(args.backend_port)]
     for name in FORWARDED:
         value = getattr(args, name)
-        if value is not None and value != "":
-            command += [f"--{name}", str(value)]
+        for given in value if isinstance(value, list) else [value]:  # repeatable flags
+            if given is not None and given != "":
+                command += [f"--{name}", str(given)]
     return command + [f"--{name}" for name in SWITCHES if getattr(args, name)]
 
 

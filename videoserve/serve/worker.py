@@ -16,13 +16,25 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Protocol
 
 from videoserve.core.config import ModelSpec
+from videoserve.core.loras import LORA_SUFFIX
 from videoserve.core.media import png_to_image, remove_orphaned_temp_files
-from videoserve.core.sampling import Cancelled, Event, Failed, Progress, Result, Started, WorkItem
+from videoserve.core.sampling import (
+    Cancelled,
+    Event,
+    Failed,
+    Progress,
+    Result,
+    SamplingParams,
+    Started,
+    WorkItem,
+)
 from videoserve.engines import Engine, GenerationCancelled, GenerationParams, create_engine
+from videoserve.engines.base import GenerationError, LoraFile
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +49,17 @@ class CancelSignal(Protocol):
         owns the job is gone (its result has nobody to go to)."""
 
     async def release(self, job_id: str) -> None: ...
+
+
+def lora_files(spec: ModelSpec, params: SamplingParams) -> tuple[LoraFile, ...]:
+    """Where this replica reads a job's LoRAs: the ingress's LoRA folder, at the same path."""
+    if not params.loras:
+        return ()
+    if spec.lora_dir is None:
+        raise GenerationError("this replica has no LoRA folder")
+    folder = Path(spec.lora_dir)
+    return tuple(LoraFile(lora.id, str(folder / (lora.id + LORA_SUFFIX)), lora.sha256,
+                          lora.scale) for lora in params.loras)
 
 
 @dataclass
@@ -133,7 +156,9 @@ class GeneratorWorker:
                 return
             emit(Started(self.spec.model, self.spec.engine, self.spec.synthetic))
             image = png_to_image(item.image_png) if item.image_png else None
-            params = GenerationParams(**item.params.to_dict(), image=image)
+            params = GenerationParams(
+                **{f.name: getattr(item.params, f.name) for f in fields(SamplingParams)},
+                image=image, lora_files=lora_files(self.spec, item.params))
 
             def progress(stage: str, step: int, total: int) -> None:
                 run.step, run.stage = step, stage

@@ -49,6 +49,21 @@ class DiffusersEngine(Engine):
             torch.set_num_threads(int(options["num_threads"]))
         self.pipe = load_diffusers_pipeline(model_path, task, self.dtype, device)
         self.pipe.set_progress_bar_config(disable=True)
+        self._loras: Any = None  # a LoraMerger once a job asked for LoRAs
+
+    def apply_loras(self, params: GenerationParams) -> None:
+        """The job's LoRAs merged into the DiT (and those of the job before taken out)."""
+        if self._loras is None:
+            if not params.lora_files:
+                return
+            from videoserve.engines.lora import LoraMerger
+
+            self._loras = LoraMerger(self.pipe.transformer)
+        with self._torch.inference_mode():
+            self._loras.apply(params.lora_files)
+
+    def stats(self) -> dict[str, Any]:
+        return self._loras.stats() if self._loras is not None else {}
 
     def generate(
         self, params: GenerationParams, progress: ProgressFn, should_cancel: CancelFn
@@ -66,6 +81,7 @@ class DiffusersEngine(Engine):
 
         if should_cancel():
             raise GenerationCancelled()
+        self.apply_loras(params)
         generator = torch.Generator(device=self.device).manual_seed(params.seed)
         call: dict[str, Any] = dict(
             prompt=params.prompt,

@@ -567,6 +567,7 @@ class Instrumented:
                  step_cache: float = 0.0, compile_precise: bool = False):
         self.generator = generator
         self.hooks: RunHooks | None = None
+        self.loras: Any = None  # a LoraMerger once a job asked for LoRAs
         instrument(pipeline_of(generator), lambda: self.hooks)
         self.sdpa_priority = attention_priority(sdpa_priority, cudnn_benchmark)
         self.step_cache = dit_levers(pipeline_of(generator), dit_fp8, step_cache,
@@ -609,6 +610,22 @@ class Instrumented:
         # The pipeline runs in a thread of VideoGenerator's; the priority order is global to
         # the process, so setting it around the call covers that thread.
         return sdpa_kernel(self.sdpa_priority, set_priority=True)
+
+    def apply_loras(self, loras: list[dict[str, Any]]) -> float | None:
+        """Merge the job's LoRAs into the DiT, taking out the previous job's (see
+        ``videoserve.engines.lora``); the seconds it took, None when nothing changed."""
+        if self.loras is None:
+            if not loras:
+                return None
+            from videoserve.engines.lora import LoraMerger, renamed
+
+            transformer = pipeline_of(self.generator).get_module("transformer")
+            # fastvideo names the DiT's parameters its own way; LoRAs name diffusers' layers.
+            mapping = getattr(transformer, "param_names_mapping", None) or {}
+            self.loras = LoraMerger(transformer, renamed(mapping))
+        from videoserve.engines.base import LoraFile
+
+        return self.loras.apply([LoraFile(**lora) for lora in loras])
 
     def usable(self) -> bool:
         """After a failed job: can the next job use this pipeline?"""
@@ -820,6 +837,13 @@ class Distributed:
         if error is not None:
             raise error
         return outcome["result"]
+
+    @staticmethod
+    def apply_loras(loras: list[dict[str, Any]]) -> float | None:
+        if loras:
+            # The DiT lives in fastvideo's worker processes, one shard per GPU.
+            raise ValueError("LoRAs are not supported with sp_size > 1 yet")
+        return None
 
     def _relay(self, hooks: RunHooks) -> None:
         for kind, a, b in self.channel.drain():

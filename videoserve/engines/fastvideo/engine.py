@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,7 @@ class FastVideoEngine(Engine):
         self.videos = 0
         self.last_peak_gib: float | None = None
         self.last_steps_skipped: int | None = None  # by the step cache, if one is on
+        self.last_lora_switch_s: float | None = None  # merging the last job's LoRAs, if it did
         self.last_frames: Any = None  # with the keep_frames option (benchmarks)
         self.version = ""
         self.worker_pids: list[int] = []  # fastvideo's worker processes (multiproc executor)
@@ -274,7 +275,8 @@ class FastVideoEngine(Engine):
                 "fastvideo_version": self.version, "engine_load_s": round(self.load_time, 2),
                 "engine_load_breakdown": self.load_breakdown,  # with the warm-up's time
                 "last_peak_gib": self.last_peak_gib,
-                "last_steps_skipped": self.last_steps_skipped}
+                "last_steps_skipped": self.last_steps_skipped,
+                "lora_switch_s": self.last_lora_switch_s}
 
     def _request_kwargs(self, params: GenerationParams, image_path: str | None) -> dict[str, Any]:
         # An empty negative prompt stays a string: fastvideo's CFG pass encodes it (None crashes).
@@ -318,7 +320,8 @@ class FastVideoEngine(Engine):
     def _send(self, kwargs: dict[str, Any], params: GenerationParams, progress: ProgressFn,
               should_cancel: CancelFn) -> GenerationOutput:
         self._seq += 1
-        self._conn.send({"seq": self._seq, "kwargs": kwargs, "fps": params.fps})
+        loras = [asdict(lora) for lora in params.lora_files]
+        self._conn.send({"seq": self._seq, "kwargs": kwargs, "fps": params.fps, "loras": loras})
         return self._follow(self._seq, params, progress, should_cancel)
 
     def _follow(self, seq: int, params: GenerationParams, progress: ProgressFn,
@@ -344,6 +347,7 @@ class FastVideoEngine(Engine):
                 self.videos += 1
                 self.last_peak_gib = message.get("peak_gib")
                 self.last_steps_skipped = message.get("steps_skipped")
+                self.last_lora_switch_s = message.get("lora_switch_s")
                 if self.options["runtime"].get("keep_frames"):
                     shape = self._conn.recv()["shape"]
                     self.last_frames = np.frombuffer(self._conn.recv_bytes(),

@@ -18,7 +18,8 @@ Protocol over a ``multiprocessing`` pipe (the parent is ``fastvideo_engine.FastV
   child -> parent  {"type": "ready", "load_time": s, "timings": {...}, "version": v,
                     "worker_pids": [...]}
                    | {"type": "load_error", ...}
-  parent -> child  {"seq": n, "kwargs": {...}, "fps": f}  one generation;  None  shut down
+  parent -> child  {"seq": n, "kwargs": {...}, "fps": f, "loras": [LoraFile fields, ...]}
+                   one generation (its LoRAs merged first);  None  shut down
   child -> parent  {"type": "stage", "stage": name}, {"type": "step", "step": k, "total": n}
                    then one of {"type": "video", ...} + MP4 bytes | {"type": "cancelled", ...}
                    | {"type": "error", "message": str, "fatal": bool}
@@ -124,6 +125,7 @@ def _generate(conn: Connection, runner: Any, request: dict[str, Any], cancel: An
     )
     start = time.perf_counter()
     try:
+        lora_switch_s = runner.apply_loras(request.get("loras") or [])
         result = runner.generate(hooks, **request["kwargs"])
         inference_time = time.perf_counter() - start
         if not chunks:
@@ -147,7 +149,7 @@ def _generate(conn: Connection, runner: Any, request: dict[str, Any], cancel: An
     conn.send({"type": "video", "num_frames": encoder.frames, "height": height, "width": width,
                "inference_time": inference_time, "encoding_time": encoding_time,
                "stages": hooks.stages_seen, "peak_gib": runner.peak_gib(result),
-               "steps_skipped": runner.steps_skipped()})
+               "steps_skipped": runner.steps_skipped(), "lora_switch_s": lora_switch_s})
     conn.send_bytes(mp4)
     if keep_frames:
         frames = np.concatenate([chunk() for chunk in chunks]) if chunks else _frames_array(

@@ -4,6 +4,7 @@
 * ``generate``: POST /generate_video (generate and wait) and its legacy MP4 download;
 * ``videos``: the asynchronous jobs API under /v1/videos, in the shape of OpenAI's videos API;
 * ``models``: /v1/models (describe, load, switch, unload) and /v1/placement;
+* ``loras``: GET /v1/loras (the LoRA folder);
 * ``health``: /health, /ready and /metrics.
 
 Handlers reach the service and the app's callbacks through the dependencies in ``deps``, which
