@@ -202,8 +202,3 @@ class LoraMerger:
 
         if any(p.device.type == "cuda" for p in self.params.values()):
             torch.cuda.synchronize()
-
-    def stats(self) -> dict[str, Any]:
-        return {"lora_switch_s": None if self.last_switch_s is None
-                else round(self.last_switch_s, 3),
-                "loras_backed_up_parameters": len(self.originals)}

@@ -50,6 +50,7 @@ class DiffusersEngine(Engine):
         self.pipe = load_diffusers_pipeline(model_path, task, self.dtype, device)
         self.pipe.set_progress_bar_config(disable=True)
         self._loras: Any = None  # a LoraMerger once a job asked for LoRAs
+        self.last_lora_switch_s: float | None = None  # the last job's; None: nothing changed
 
     def apply_loras(self, params: GenerationParams) -> None:
         """The job's LoRAs merged into the DiT (and those of the job before taken out)."""
@@ -60,10 +61,10 @@ class DiffusersEngine(Engine):
 
             self._loras = LoraMerger(self.pipe.transformer)
         with self._torch.inference_mode():
-            self._loras.apply(params.lora_files)
+            self.last_lora_switch_s = self._loras.apply(params.lora_files)
 
     def stats(self) -> dict[str, Any]:
-        return self._loras.stats() if self._loras is not None else {}
+        return {"lora_switch_s": self.last_lora_switch_s}
 
     def generate(
         self, params: GenerationParams, progress: ProgressFn, should_cancel: CancelFn
