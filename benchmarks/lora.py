@@ -62,18 +62,22 @@ def deploy_model(args, folder: Path, default_lora: str, out: Path) -> str:
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     else:
         specs = build_specs("fastwan", gpu_count=1, tasks=(args.task,),
-                            **{f"{args.task}_model": args.model})
-        ray.init(num_cpus=8, num_gpus=1, include_dashboard=False, log_to_driver=False)
+                            **{f"{args.task}_model": str(args.model)})
+        # The replica's log (each LoRA merge and its seconds) is shown here.
+        ray.init(num_cpus=8, num_gpus=1, include_dashboard=False, log_to_driver=True)
     spec = specs[args.task]
     if args.defaults:
         spec = replace(spec, defaults=parse_defaults(args.defaults, spec, "--defaults"))
     spec = replace(spec, loras=((default_lora, 1.0),), synthetic=True)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    started = time.perf_counter()
+    log(f"deploying {spec.model} ({spec.engine}, defaults {spec.defaults}, LoRAs {spec.loras})")
     deploy(Settings(models={args.task: spec}, output_path=out, lora_dir=folder), "lora", "/")
     url = f"http://127.0.0.1:{port}"
     while requests.get(url + "/ready", timeout=30).status_code != 200:
         time.sleep(0.5)
+    log(f"ready in {time.perf_counter() - started:.1f} s")
     return url
 
 
@@ -121,18 +125,21 @@ def measure(url: str, args, a: str, b: str) -> list[dict]:
 
 
 def summary(jobs: list[dict]) -> dict:
-    tail = jobs[6:]  # base / A pairs: each job switches
-    base = [j for j in tail if j["name"] == "base"]
-    lora = [j for j in tail if j["name"] == "A"]
+    # Every base job against every job with LoRA A (the default is A too): same settings.
+    base = [j for j in jobs if j["name"] == "base"]
+    lora = [j for j in jobs[1:] if j["name"] in ("A", "default")]
 
     def median(rows: list[dict], key: str) -> float | None:
         values = [r[key] for r in rows if r[key] is not None]
         return round(statistics.median(values), 3) if values else None
 
+    def seconds(job: dict) -> float | None:
+        return None if job["switch_s"] is None else round(job["switch_s"], 3)
+
     out = {"default_job_s": [jobs[0]["job_s"], jobs[1]["job_s"]],
-           "first_use_switch_s": jobs[0]["switch_s"],
-           "switch_s": {"to_base": jobs[2]["switch_s"], "base_to_A": jobs[3]["switch_s"],
-                        "A_to_B": jobs[4]["switch_s"], "B_to_A": jobs[5]["switch_s"]},
+           "first_use_switch_s": seconds(jobs[0]),
+           "switch_s": {"to_base": seconds(jobs[2]), "base_to_A": seconds(jobs[3]),
+                        "A_to_B": seconds(jobs[4]), "B_to_A": seconds(jobs[5])},
            "base_job_s": median(base, "job_s"), "lora_job_s": median(lora, "job_s"),
            "base_per_step_s": median(base, "per_step_s"),
            "lora_per_step_s": median(lora, "per_step_s")}

@@ -134,9 +134,17 @@ class VideoClient:
         data = self._request("GET", "/v1/models", timeout=10).json()["data"]
         return {model["task"]: model for model in data}
 
+    def loras(self) -> list[dict[str, Any]]:
+        """The server's LoRA folder: ``id``, ``tasks`` (the models it fits), ``rank``,
+        ``format``, ``sha256``; a file that is no usable LoRA has an ``error``."""
+        return self._request("GET", "/v1/loras", timeout=60).json()["data"]
+
     def generate(self, prompt: str, image: bytes | str | Path | None = None,
                  **params: Any) -> dict[str, Any]:
-        """Generate one video and return the backend's response (see README)."""
+        """Generate one video and return the backend's response (see README).
+
+        ``loras=[{"id": ..., "scale": 1.0}]`` applies LoRAs (``[]``: none; left out: the
+        model's default LoRAs)."""
         body: dict[str, Any] = {"prompt": prompt, **{k: v for k, v in params.items()
                                                      if v is not None}}
         if image is not None:
@@ -153,7 +161,8 @@ class VideoClient:
 
     def submit(self, prompt: str, image: bytes | str | Path | None = None,
                idempotency_key: str | None = None, **params: Any) -> dict[str, Any]:
-        """Queue a video; returns the job (``id``, ``status``, ``progress`` ...) at once."""
+        """Queue a video; returns the job (``id``, ``status``, ``progress`` ...) at once.
+        ``params`` as for ``generate``, ``loras`` included."""
         body: dict[str, Any] = {"prompt": prompt, **{k: v for k, v in params.items()
                                                      if v is not None}}
         if image is not None:

@@ -3,7 +3,10 @@ in front of it, served in-process on a free port (shared by the browser and clie
 
 from __future__ import annotations
 
+import argparse
+import shutil
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pytest
 import requests
@@ -17,6 +20,11 @@ SCREENSHOTS = REPO / "test-output" / "screenshots"
 API_KEY = "e2e-key-one"
 OTHER_KEY = "e2e-key-two"
 ADMIN_KEY = "e2e-key-admin"  # switches models (the UI's key may not)
+# The T2V model's default LoRA and sampling defaults, set as --t2v_lora / --t2v_defaults set
+# them: the UI's form must start from these, not from the tiny preset's (2 steps, no LoRA).
+T2V_DEFAULT_LORA = ("synthetic-t2v-wan-r64", 0.5)
+T2V_DEFAULTS = {"num_inference_steps": 4, "negative_prompt": "e2e default negative"}
+BROKEN_LORA = "not-a-lora"  # a file of the LoRA folder that no model can use
 
 
 @dataclass
@@ -27,19 +35,45 @@ class UiServer:
 
 
 @pytest.fixture(scope="package")
-def e2e_backend(serve_cluster, tmp_path_factory) -> str:
+def e2e_lora_dir(tmp_path_factory) -> Path:
+    """The e2e backend's LoRA folder: copies of the tiny models' synthetic LoRAs (the backend
+    refuses symlinks), ids ``synthetic-{t2v,i2v}-{diffusers,wan}-r64``, and one broken file."""
+    from videoserve.devtools.synthetic_loras import ensure_tiny_loras
+
+    folder = tmp_path_factory.mktemp("e2e-loras")
+    for by_format in ensure_tiny_loras().values():
+        for path in by_format.values():
+            shutil.copyfile(path, folder / path.name)
+    (folder / f"{BROKEN_LORA}.safetensors").write_bytes(b"no safetensors header")
+    return folder
+
+
+def with_t2v_defaults(specs: dict) -> dict:
+    """The T2V model's default LoRA and sampling defaults, through the backend CLI's code."""
+    from videoserve.serve.backend_cli import with_model_defaults
+
+    lora_id, scale = T2V_DEFAULT_LORA
+    defaults = ",".join(f"{key}={value}" for key, value in T2V_DEFAULTS.items())
+    flags = argparse.Namespace(t2v_lora=[f"{lora_id}:{scale}"], t2v_defaults=defaults)
+    return with_model_defaults(specs, flags)
+
+
+@pytest.fixture(scope="package")
+def e2e_backend(serve_cluster, tmp_path_factory, e2e_lora_dir) -> str:
     """The tiny T2V + I2V app on the shared Serve instance, under /e2e: T2V on the diffusers
     engine, I2V on fastvideo (through the test-only CPU shim), so the UI meets both engines.
-    It requires an API key, as a shared server would."""
+    It requires an API key, as a shared server would. T2V has a default LoRA and overridden
+    sampling defaults (T2V_DEFAULT_LORA, T2V_DEFAULTS)."""
 
     from videoserve.client import VideoClient
     from videoserve.serve.deployments import deploy, undeploy
 
     specs = build_specs("tiny", gpu_count=0)
     specs["i2v"] = replace(specs["i2v"], engine="fastvideo")
-    settings = Settings(models=specs, output_path=tmp_path_factory.mktemp("e2e-out"),
+    settings = Settings(models=with_t2v_defaults(specs),
+                        output_path=tmp_path_factory.mktemp("e2e-out"),
                         api_keys=(API_KEY, OTHER_KEY), admin_api_keys=(ADMIN_KEY,),
-                        model_dir=tmp_path_factory.getbasetemp())
+                        model_dir=tmp_path_factory.getbasetemp(), lora_dir=e2e_lora_dir)
     deploy(settings, "e2e", "/e2e")
     url = serve_cluster.url + "/e2e"
     # serve.run returns once the replicas are up; the models must answer "ready" too.

@@ -297,10 +297,11 @@ def test_history_reuses_settings(page, ui_server):
 
     page.get_by_role("tab", name="History").click()
     page.locator("#history-refresh").click()
-    cell = page.locator("#history-table").get_by_text(prompt, exact=True)
-    sync_api.expect(cell.first).to_be_visible()
+    # By role: the table's <tr>s are a hidden copy that Gradio measures columns with.
+    cell = page.locator("#history-table").get_by_role("gridcell", name=prompt, exact=True)
+    sync_api.expect(cell).to_be_visible()
     sync_api.expect(page.locator("#history-table").get_by_text(hidden)).to_have_count(0)
-    cell.first.click()
+    cell.click()
     page.wait_for_function(VIDEO_LOADED, arg="history-video", timeout=GENERATION_MS)
     sync_api.expect(page.locator("#history-info")).to_contain_text("seed 1234")
     assert screenshot(page, "history.png").stat().st_size > 0
@@ -350,3 +351,112 @@ def test_tabs_show_the_model_and_follow_a_switch(page, ui_server, tmp_path):
                                                   timeout=GENERATION_MS)
         client = VideoClient(ui_server.backend_url, api_key=API_KEY)
         assert "switching_to" not in client.models()["t2v"]
+
+
+def lora_row(page, prefix: str, row: int):
+    """(the LoRA box, the strength's number box) of a picker row."""
+    return (page.locator(f"#{prefix}-lora-{row} input"),
+            page.locator(f"#{prefix}-lora-{row}-scale input[type=number]"))
+
+
+def choose_lora(page, prefix: str, row: int, choice: str) -> None:
+    """Pick ``choice`` (a LoRA id, or "none") from a picker row's dropdown."""
+    box, _ = lora_row(page, prefix, row)
+    box.click()
+    page.get_by_role("option", name=choice, exact=True).click()
+    sync_api.expect(box).to_have_value(choice)
+
+
+def expect_picker(page, prefix: str, rows: list[tuple[str, float]]) -> None:
+    """The picker shows these (id or "none", strength) rows, top to bottom."""
+    for row, (lora_id, scale) in enumerate(rows):
+        box, strength = lora_row(page, prefix, row)
+        sync_api.expect(box).to_have_value(lora_id)
+        sync_api.expect(strength).to_have_value(f"{scale:g}")
+
+
+def offered(page, prefix: str, row: int = 0) -> list[str]:
+    """The choices a picker row offers (its dropdown is opened and closed again)."""
+    box, _ = lora_row(page, prefix, row)
+    box.click()
+    options = page.get_by_role("option")
+    sync_api.expect(options.first).to_be_visible()
+    # The chosen option's text starts with a check mark line.
+    names = [name.splitlines()[-1].strip() for name in options.all_inner_texts()]
+    box.press("Escape")
+    return names
+
+
+def test_forms_start_from_the_model_defaults_and_offer_fitting_loras(page, ui_server):
+    from tests.e2e.conftest import BROKEN_LORA, T2V_DEFAULT_LORA, T2V_DEFAULTS
+
+    # The T2V model's --t2v_lora and --t2v_defaults, not the tiny preset's values.
+    expect_picker(page, "t2v", [T2V_DEFAULT_LORA, ("none", 1.0), ("none", 1.0),
+                                ("none", 1.0)])
+    show_advanced(page, "t2v")
+    sync_api.expect(page.locator("#t2v-steps input[type=number]")).to_have_value(
+        str(T2V_DEFAULTS["num_inference_steps"]))
+    sync_api.expect(page.locator("#t2v-negative textarea")).to_have_value(
+        T2V_DEFAULTS["negative_prompt"])
+    # Each tab offers the LoRAs that fit its model; the broken file is named, never offered.
+    listed = VideoClient(ui_server.backend_url, api_key=ui_server.api_key).loras()
+    for prefix in ("t2v", "i2v"):
+        if prefix == "i2v":
+            page.get_by_role("tab", name="Image-to-Video").click()
+        fitting = sorted(lora["id"] for lora in listed if prefix in lora["tasks"])
+        sync_api.expect(page.locator(f"#{prefix}-lora-note")).to_contain_text(
+            f"fit this model: {len(fitting)}")
+        sync_api.expect(page.locator(f"#{prefix}-lora-note")).to_contain_text(BROKEN_LORA)
+        assert offered(page, prefix) == ["none", *fitting]
+        assert f"synthetic-{prefix}-diffusers-r64" in fitting
+
+
+def test_refresh_shows_a_new_lora_file(page, e2e_lora_dir):
+    import shutil
+
+    new_id = f"added-{uuid.uuid4().hex[:6]}"
+    shutil.copyfile(e2e_lora_dir / "synthetic-t2v-diffusers-r64.safetensors",
+                    e2e_lora_dir / f"{new_id}.safetensors")
+    try:
+        assert new_id not in offered(page, "t2v", row=1)
+        page.locator("#t2v-lora-refresh").click()
+        choose_lora(page, "t2v", 1, new_id)
+    finally:
+        (e2e_lora_dir / f"{new_id}.safetensors").unlink()
+
+
+def test_loras_go_from_the_picker_to_history_and_back(page, backend_defaults):
+    from tests.e2e.conftest import T2V_DEFAULT_LORA
+
+    default_id, default_scale = T2V_DEFAULT_LORA
+    added = ("synthetic-t2v-diffusers-r64", 1.5)
+    expected = f"{default_id}×{default_scale:g}, {added[0]}×{added[1]:g}"
+    # The default LoRA stays in row 1; the user adds a second one with its own strength.
+    expect_picker(page, "t2v", [T2V_DEFAULT_LORA])
+    choose_lora(page, "t2v", 1, added[0])
+    set_slider(page, "t2v-lora-1-scale", added[1])
+    open_advanced(page, "t2v", backend_defaults["t2v"])
+    prompt = f"lora picker check {uuid.uuid4().hex[:8]}"
+    page.locator("#t2v-prompt textarea").fill(prompt)
+    page.locator("#t2v-run").click()
+    wait_for_video(page, "t2v")
+    sync_api.expect(page.locator("#t2v-info")).to_contain_text(f"LoRAs: {expected}")
+
+    # A new visit, whose picker the user empties: "Reuse" must bring both LoRAs back.
+    page.reload()
+    sync_api.expect(page.locator("#backend-status")).to_contain_text("Backend ready")
+    expect_picker(page, "t2v", [T2V_DEFAULT_LORA, ("none", 1.0)])
+    choose_lora(page, "t2v", 0, "none")
+    page.get_by_role("tab", name="History").click()
+    page.locator("#history-refresh").click()
+    row = page.locator("#history-table").get_by_role("row").filter(has_text=prompt)
+    loras_cell = row.get_by_role("gridcell", name=expected, exact=True)
+    sync_api.expect(loras_cell).to_be_visible()
+    sync_api.expect(loras_cell).to_be_in_viewport(ratio=1)  # not cut off
+    row.get_by_role("gridcell", name=prompt, exact=True).click()
+    sync_api.expect(page.locator("#history-info")).to_contain_text(f"LoRAs: {expected}")
+    assert screenshot(page, "history-loras.png").stat().st_size > 0
+    page.locator("#history-reuse").click()
+    sync_api.expect(page.locator("#t2v-prompt textarea")).to_have_value(prompt)
+    expect_picker(page, "t2v", [T2V_DEFAULT_LORA, added, ("none", 1.0), ("none", 1.0)])
+    assert screenshot(page, "t2v-loras-reused.png").stat().st_size > 0

@@ -65,3 +65,17 @@ def test_errors_reach_the_client(client):
     with pytest.raises(Exception, match="Upload an image first"):
         client.predict("A prompt", None, "", 7, False, 1.0, FRAMES, HEIGHT, WIDTH, STEPS,
                        api_name="/generate_i2v")
+
+
+def test_generate_t2v_with_a_lora(client):
+    # The picker's rows are the parameters lora_1, strength_1 ... lora_4, strength_4; left out,
+    # they are "none" (the page, not the API, starts them from the model's default LoRAs).
+    lora_id = "synthetic-t2v-diffusers-r64"
+    result = client.predict("A red fox running through fresh snow.", "", 7, False, 1.0, FRAMES,
+                            HEIGHT, WIDTH, STEPS, lora_1=lora_id, strength_1=0.75,
+                            api_name="/generate_t2v")
+    check(result, "t2v", seed=7)
+    assert f"LoRAs: {lora_id}×0.75" in result[1], result[1]
+    plain = client.predict("A red fox running through fresh snow.", "", 7, False, 1.0, FRAMES,
+                           HEIGHT, WIDTH, STEPS, api_name="/generate_t2v")
+    assert "LoRAs: none" in plain[1], plain[1]

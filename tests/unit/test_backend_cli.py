@@ -1,5 +1,8 @@
+import re
+
 import pytest
 
+from videoserve.core.config import ConfigError
 from videoserve.serve.backend_cli import app_builder, build_parser, main, settings_from_args
 from videoserve.serve.generations import generator
 
@@ -299,3 +302,59 @@ def test_the_backend_entry_point_refuses_a_truncated_job_table(tmp_path):
     assert done.returncode == 2, done.stderr
     assert f"error: the job table {path} is damaged" in done.stderr, done.stderr
     assert "move it aside" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_lora_flags_set_each_models_default_loras_and_defaults(tmp_path):
+    from videoserve.serve.launcher import backend_command
+    from videoserve.serve.launcher import build_parser as launcher_parser
+
+    flags = ["--preset", "tiny", "--t2v_lora", "style:0.5", "--t2v_lora", "motion",
+             "--i2v_defaults", "num_inference_steps=4,guidance_scale=1",
+             "--lora_dir", str(tmp_path / "mine"), "--lora_max_mb", "10"]
+    settings = settings_from_args(build_parser().parse_args(flags))
+    t2v, i2v = settings.models["t2v"], settings.models["i2v"]
+    assert t2v.loras == (("style", 0.5), ("motion", 1.0)) and i2v.loras == ()
+    assert (i2v.defaults.num_inference_steps, i2v.defaults.guidance_scale) == (4, 1.0)
+    assert t2v.describe()["loras"] == [{"id": "style", "scale": 0.5},
+                                       {"id": "motion", "scale": 1.0}]
+    assert settings.loras_dir == tmp_path / "mine" and settings.lora_max_bytes == 10 * 2**20
+    # The start-up script passes every repeated flag on.
+    command = backend_command(launcher_parser().parse_args(flags))
+    assert command.count("--t2v_lora") == 2 and "style:0.5" in command and "motion" in command
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--t2v_lora", "../x"], "is not a LoRA id"),
+    (["--t2v_lora", "a:3"], "between 0 and 2"),
+    (["--t2v_lora", "a", "--t2v_lora", "a:0.5"], "at most 4 different LoRAs"),
+    (["--i2v_defaults", "steps=4"], "is not KEY=VALUE"),
+    (["--i2v_defaults", "num_inference_steps=4.5"], "must be an integer"),
+    (["--i2v_defaults", "num_frames=10"], "4k+1"),
+    (["--lora_max_mb", "0"], "must be positive"),
+])
+def test_bad_lora_flags_stop_the_start(flags, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        settings_from_args(build_parser().parse_args(["--preset", "tiny", *flags]))
+
+
+def test_a_default_lora_must_exist_and_fit(tmp_path):
+    import shutil
+
+    from videoserve.devtools.synthetic_loras import ensure_tiny_loras
+    from videoserve.serve.backend_cli import check_model_loras
+
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    i2v_lora = ensure_tiny_loras()["i2v"]["wan"]
+    shutil.copy(i2v_lora, folder / i2v_lora.name)
+
+    def settings(task: str, lora: str):
+        args = ["--preset", "tiny", f"--{task}_lora", lora, "--lora_dir", str(folder)]
+        return settings_from_args(build_parser().parse_args(args))
+
+    check_model_loras(settings("i2v", i2v_lora.stem))  # there, and it fits
+    with pytest.raises(ConfigError, match="no LoRA 'missing'"):
+        check_model_loras(settings("t2v", "missing"))
+    with pytest.raises(ConfigError, match="does not fit model builtin:tiny-wan-t2v: layer "
+                       "blocks.0.attn2.add_k_proj: the model has no such layer"):
+        check_model_loras(settings("t2v", i2v_lora.stem))

@@ -14,7 +14,16 @@ from typing import Any
 import gradio as gr
 from PIL import Image, ImageDraw
 
-from videoserve.ui.handlers import FALLBACK, HISTORY_COLUMNS, Handlers
+from videoserve.ui.handlers import (
+    FALLBACK,
+    HISTORY_COLUMNS,
+    MAX_LORAS,
+    NO_LORA,
+    NO_LORA_CHOICE,
+    Handlers,
+    picked_loras,
+    picker_values,
+)
 
 T2V_EXAMPLES = [
     "A red fox running through fresh snow in a quiet pine forest, soft morning light.",
@@ -24,6 +33,12 @@ I2V_EXAMPLES = [
     ("The sun slowly sets and the waves roll onto the beach.", "beach"),
     ("Clouds drift over the mountains as the light changes.", "mountains"),
 ]
+# Fixed shares of the table's width: sized by their content, the columns overflow a laptop's
+# window and the LoRAs (long ids) are cut off.
+HISTORY_WIDTHS = {"id": "15%", "created": "10%", "type": "5%", "status": "9%", "prompt": "18%",
+                  "loras": "20%", "seed": "9%", "size": "6%", "frames": "4%", "steps": "4%"}
+
+
 def example_image(kind: str, folder: Path) -> str:
     """Draw a simple example picture (nothing is downloaded) and return its path."""
     path = folder / f"example_{kind}.png"
@@ -58,11 +73,11 @@ class UiConfig:
 
 
 def _params(negative: str, seed: float | None, randomize: bool, guidance: float, frames: float,
-            height: float, width: float, steps: float) -> dict[str, Any]:
+            height: float, width: float, steps: float, lora_rows: list[Any]) -> dict[str, Any]:
     return dict(negative_prompt=negative or None, seed=None if seed is None else int(seed),
                 randomize_seed=bool(randomize), guidance_scale=float(guidance),
                 num_frames=int(frames), height=int(height), width=int(width),
-                num_inference_steps=int(steps))
+                num_inference_steps=int(steps), loras=picked_loras(lora_rows))
 
 
 def _reuse(jobs: list[dict[str, Any]], index: int | None) -> list[Any]:
@@ -71,7 +86,8 @@ def _reuse(jobs: list[dict[str, Any]], index: int | None) -> list[Any]:
         raise gr.Error("Select a video in the history first.")
     job = jobs[index]
     values = [job["prompt"], job["negative_prompt"], job["seed"], False, job["guidance_scale"],
-              job["num_frames"], job["height"], job["width"], job["num_inference_steps"]]
+              job["num_frames"], job["height"], job["width"], job["num_inference_steps"],
+              *picker_values(job.get("loras") or [])]
     keep = [gr.update()] * len(values)
     t2v, i2v = (values, keep) if job["model_type"] == "t2v" else (keep, values)
     return [gr.Tabs(selected=job["model_type"]), *t2v, *i2v]
@@ -102,6 +118,28 @@ def _advanced(prefix: str) -> list[gr.components.Component]:
     return [negative, seed, randomize, guidance, frames, height, width, steps]
 
 
+def _lora_picker(task: str) -> dict[str, Any]:
+    """Up to MAX_LORAS rows of (LoRA, strength). Fixed rows rather than a multiselect plus
+    sliders that follow it: each strength stays next to its LoRA, with nothing to re-pair when
+    one is removed. The choices and the model's default LoRAs arrive on load."""
+    with gr.Accordion("LoRAs", open=True):
+        with gr.Row():
+            note = gr.Markdown("Reading the server's LoRA folder…", elem_id=f"{task}-lora-note")
+            refresh = gr.Button("Refresh LoRAs", size="sm", scale=0,
+                                elem_id=f"{task}-lora-refresh")
+        rows = []
+        for row in range(MAX_LORAS):
+            with gr.Row():
+                # Custom values: a job reused from the history may name a LoRA no longer
+                # offered, and gradio_client callers never get the choices; the backend checks.
+                rows.append(gr.Dropdown([NO_LORA_CHOICE], value=NO_LORA, allow_custom_value=True,
+                                        label=f"LoRA {row + 1}", scale=3,
+                                        elem_id=f"{task}-lora-{row}"))
+                rows.append(gr.Slider(0, 2, value=1.0, step=0.05, label="Strength", scale=2,
+                                      elem_id=f"{task}-lora-{row}-scale"))
+    return {"note": note, "refresh": refresh, "rows": rows}
+
+
 def _outputs(prefix: str) -> tuple[gr.Video, gr.Markdown]:
     video = gr.Video(label="Generated video", elem_id=f"{prefix}-video", autoplay=True)
     info = gr.Markdown(elem_id=f"{prefix}-info")
@@ -109,7 +147,7 @@ def _outputs(prefix: str) -> tuple[gr.Video, gr.Markdown]:
 
 
 def _task_tab(task: str, title: str, model: str | None, assets: Path) -> dict[str, Any]:
-    with gr.Tab(title, id=task):
+    with gr.Tab(title, id=task) as tab:
         # Filled from the backend's /v1/models on load and every few seconds (models can be
         # switched while the backend runs); the flag's value shows until then.
         model_line = gr.Markdown(f"Model: `{model}`" if model else "Model: …",
@@ -120,6 +158,7 @@ def _task_tab(task: str, title: str, model: str | None, assets: Path) -> dict[st
         with gr.Row():
             run = gr.Button("Run", variant="primary", elem_id=f"{task}-run")
             cancel = gr.Button("Cancel", variant="stop", elem_id=f"{task}-cancel")
+        loras = _lora_picker(task)
         params = _advanced(task)
         video, info = _outputs(task)
         if task == "t2v":
@@ -127,8 +166,8 @@ def _task_tab(task: str, title: str, model: str | None, assets: Path) -> dict[st
         else:
             gr.Examples([[p, example_image(k, assets)] for p, k in I2V_EXAMPLES],
                         inputs=[prompt, image], label="Examples")
-    return {"prompt": prompt, "image": image, "run": run, "cancel": cancel, "params": params,
-            "video": video, "info": info, "model": model_line}
+    return {"tab": tab, "prompt": prompt, "image": image, "run": run, "cancel": cancel,
+            "params": params, "loras": loras, "video": video, "info": info, "model": model_line}
 
 
 def _history_tab() -> dict[str, Any]:
@@ -137,6 +176,7 @@ def _history_tab() -> dict[str, Any]:
             refresh = gr.Button("Refresh", elem_id="history-refresh")
             reuse = gr.Button("Reuse these settings", elem_id="history-reuse")
         table = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, wrap=True,
+                             column_widths=[HISTORY_WIDTHS[c] for c in HISTORY_COLUMNS],
                              elem_id="history-table")
         video = gr.Video(label="Selected video", elem_id="history-video")
         info = gr.Markdown(elem_id="history-info")
@@ -173,6 +213,7 @@ def _wire(demo: gr.Blocks, handlers: Handlers, status: gr.Markdown, tabs: gr.Tab
         p = tab["params"]
         demo.load(lambda task=task: handlers.model_settings(task),
                   outputs=[p[0], *p[3:]], api_name=False)
+        _wire_loras(demo, handlers, task, tab)
 
     def cancel_t2v(request: gr.Request) -> None:
         handlers.cancel("t2v", request.session_hash)
@@ -183,19 +224,28 @@ def _wire(demo: gr.Blocks, handlers: Handlers, status: gr.Markdown, tabs: gr.Tab
     t2v["cancel"].click(cancel_t2v, api_name="cancel_t2v")
     i2v["cancel"].click(cancel_i2v, api_name="cancel_i2v")
 
+    # The LoRA rows are named parameters (gradio_client callers see lora_1, strength_1 ...);
+    # Gradio passes gr.Request and gr.Progress by position, so they cannot follow a *rows.
     def run_t2v(prompt, negative, seed, randomize, guidance, frames, height, width, steps,
+                lora_1, strength_1, lora_2, strength_2, lora_3, strength_3, lora_4, strength_4,
                 request: gr.Request, progress=gr.Progress()):  # noqa: B008
-        params = _params(negative, seed, randomize, guidance, frames, height, width, steps)
+        rows = [lora_1, strength_1, lora_2, strength_2, lora_3, strength_3, lora_4, strength_4]
+        params = _params(negative, seed, randomize, guidance, frames, height, width, steps,
+                         rows)
         return handlers.run("t2v", prompt, None, params, request.session_hash, progress)
 
     def run_i2v(prompt, image, negative, seed, randomize, guidance, frames, height, width,
-                steps, request: gr.Request, progress=gr.Progress()):  # noqa: B008  # noqa: B008
-        params = _params(negative, seed, randomize, guidance, frames, height, width, steps)
+                steps, lora_1, strength_1, lora_2, strength_2, lora_3, strength_3, lora_4,
+                strength_4, request: gr.Request, progress=gr.Progress()):  # noqa: B008
+        rows = [lora_1, strength_1, lora_2, strength_2, lora_3, strength_3, lora_4, strength_4]
+        params = _params(negative, seed, randomize, guidance, frames, height, width, steps,
+                         rows)
         return handlers.run("i2v", prompt, image, params, request.session_hash, progress)
 
-    t2v["run"].click(run_t2v, inputs=[t2v["prompt"], *t2v["params"]],
+    t2v["run"].click(run_t2v, inputs=[t2v["prompt"], *t2v["params"], *t2v["loras"]["rows"]],
                      outputs=[t2v["video"], t2v["info"], seed_out], api_name="generate_t2v")
-    i2v["run"].click(run_i2v, inputs=[i2v["prompt"], i2v["image"], *i2v["params"]],
+    i2v["run"].click(run_i2v, inputs=[i2v["prompt"], i2v["image"], *i2v["params"],
+                                      *i2v["loras"]["rows"]],
                      outputs=[i2v["video"], i2v["info"], seed_out], api_name="generate_i2v")
 
     def select(all_jobs: list, evt: gr.SelectData):
@@ -207,9 +257,21 @@ def _wire(demo: gr.Blocks, handlers: Handlers, status: gr.Markdown, tabs: gr.Tab
     history["table"].select(select, inputs=jobs,
                             outputs=[selected, history["video"], history["info"]],
                             api_name=False)
-    form = lambda tab: [tab["prompt"], tab["params"][0], *tab["params"][1:]]  # noqa: E731
+    form = lambda tab: [tab["prompt"], *tab["params"], *tab["loras"]["rows"]]  # noqa: E731
     history["reuse"].click(_reuse, inputs=[jobs, selected],
                            outputs=[tabs, *form(t2v), *form(i2v)], api_name=False)
+
+
+def _wire_loras(demo: gr.Blocks, handlers: Handlers, task: str, tab: dict) -> None:
+    """The picker starts from the model's default LoRAs; the choices are read again when its
+    tab is opened or on its Refresh button (the chosen rows are kept)."""
+    picker = tab["loras"]
+    demo.load(lambda: handlers.lora_picker(task), outputs=[picker["note"], *picker["rows"]],
+              api_name=False)
+    lora_ids = picker["rows"][0::2]
+    for trigger in (tab["tab"].select, picker["refresh"].click):
+        trigger(lambda: handlers.refresh_loras(task), outputs=[picker["note"], *lora_ids],
+                api_name=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,70 @@ FALLBACK = {
                "max_num_inference_steps": 50,
                "max_guidance_scale": 20.0},
 }
-HISTORY_COLUMNS = ["id", "created", "type", "status", "prompt", "seed", "size", "frames",
-                   "steps"]
+# "loras" next to the prompt: the columns after it are cut off in a narrow window.
+HISTORY_COLUMNS = ["id", "created", "type", "status", "prompt", "loras", "seed", "size",
+                   "frames", "steps"]
 KEEP_DOWNLOADS_S = 3600
+MAX_LORAS = 4  # the backend's limit per request: the picker has this many rows
+# The "none" choice of a LoRA row: a single-choice Dropdown cannot be emptied otherwise.
+NO_LORA = ""
+NO_LORA_CHOICE = ("none", NO_LORA)
+
+
+def loras_text(loras: Sequence[dict[str, Any]]) -> str:
+    """``id×scale, ...`` (empty for none)."""
+    return ", ".join(f"{lora['id']}×{lora['scale']:g}" for lora in loras)
+
+
+def lora_choices(loras: list[dict[str, Any]], task: str) -> list[tuple[str, str]]:
+    """A LoRA row's choices for the task's tab: "none", then the LoRAs that fit its model
+    (a file with an error fits none: its ``tasks`` is empty)."""
+    fitting = sorted(lora["id"] for lora in loras if task in lora.get("tasks", ())
+                     and not lora.get("error"))
+    return [NO_LORA_CHOICE, *((lora_id, lora_id) for lora_id in fitting)]
+
+
+def lora_note(loras: list[dict[str, Any]], task: str) -> str:
+    """What the LoRA folder offers this task, and which of its files are unusable."""
+    count = len(lora_choices(loras, task)) - 1
+    note = f"LoRAs in the server's LoRA folder that fit this model: {count}."
+    broken = [lora["id"] for lora in loras if lora.get("error")]
+    if broken:
+        note += f" Unusable: {', '.join(f'`{name}`' for name in broken)}."
+    return note
+
+
+def picked_loras(rows: Sequence[Any]) -> list[dict[str, Any]]:
+    """The request's ``loras`` from the picker's rows (id, strength, id, strength, ...).
+
+    Always a list: the picker starts from the model's default LoRAs, so rows left at "none"
+    mean the user wants none ([]), never "the model's defaults" (an unset ``loras``).
+    """
+    picked = [{"id": lora_id.strip(), "scale": 1.0 if scale is None else float(scale)}
+              for lora_id, scale in zip(rows[0::2], rows[1::2], strict=True)
+              if lora_id and lora_id.strip()]
+    ids = [lora["id"] for lora in picked]
+    twice = sorted({lora_id for lora_id in ids if ids.count(lora_id) > 1})
+    if twice:
+        raise gr.Error(f"Choose each LoRA once ({', '.join(twice)} is chosen twice).")
+    return picked
+
+
+def picker_values(loras: Sequence[dict[str, Any]]) -> list[Any]:
+    """The picker's row values (id, strength, ...) showing ``loras``; the other rows "none"."""
+    rows = [(lora["id"], lora["scale"]) for lora in loras[:MAX_LORAS]]
+    rows += [(NO_LORA, 1.0)] * (MAX_LORAS - len(rows))
+    return [value for row in rows for value in row]
+
+
+def history_row(job: dict[str, Any]) -> list[Any]:
+    """A job's row of the History table, in HISTORY_COLUMNS' order."""
+    cells = {"id": job["id"], "type": job["model_type"], "status": job["status"],
+             "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job["created_at"])),
+             "prompt": job["prompt"], "loras": loras_text(job.get("loras") or ()),
+             "seed": job["seed"], "size": job["size"], "frames": job["num_frames"],
+             "steps": job["num_inference_steps"]}
+    return [cells[column] for column in HISTORY_COLUMNS]
 
 
 def describe(job: dict[str, Any]) -> str:
@@ -30,10 +92,12 @@ def describe(job: dict[str, Any]) -> str:
     noise = " — random-weight model: the video is noise" if job.get("synthetic") else ""
     result = job.get("result") or {}
     cached = " · served from cache" if job.get("cached") else ""
+    loras = loras_text(job.get("loras") or ())
     return (f"**{job['model_type'].upper()}** · `{job['model']}` via {job['engine']}{noise}\n\n"
             f"seed **{job['seed']}** · {job['num_frames']} frames · "
             f"{job['width']}×{job['height']} @ {job['fps']} fps · "
             f"{job['num_inference_steps']} steps · guidance {job['guidance_scale']}\n\n"
+            f"LoRAs: {loras or 'none'}\n\n"
             f"inference {result.get('inference_time', 0):.2f} s · encoding "
             f"{result.get('encoding_time', 0):.2f} s · total {result.get('total_time', 0):.2f} s"
             f"{cached}")
@@ -102,14 +166,17 @@ class Handlers:
             return [gr.update(), gr.update()]  # keep the last known line
         return [model_line(models.get(task)) for task in ("t2v", "i2v")]
 
-    def model_settings(self, task: str) -> list[Any]:
-        """Updates for [negative, guidance, frames, height, width, steps] from the backend."""
+    def _model(self, task: str) -> dict[str, Any]:
+        """The task's model from /v1/models (FALLBACK if none answers)."""
         try:
             model = self.client.models().get(task, FALLBACK)
         except BackendError:
             model = FALLBACK
-        if "defaults" not in model:
-            model = FALLBACK
+        return model if "defaults" in model else FALLBACK
+
+    def model_settings(self, task: str) -> list[Any]:
+        """Updates for [negative, guidance, frames, height, width, steps] from the backend."""
+        model = self._model(task)
         d, lim = model["defaults"], model["limits"]
         return [
             gr.update(value=d.get("negative_prompt", "")),
@@ -119,6 +186,30 @@ class Handlers:
             gr.update(value=d["width"], maximum=lim["max_width"]),
             gr.update(value=d["num_inference_steps"], maximum=lim["max_num_inference_steps"]),
         ]
+
+    def _offered(self, task: str) -> tuple[Any, dict[str, Any]]:
+        """The picker's note and its rows' choices (as update arguments); the folder is read
+        again each time, so new files show up without a restart."""
+        try:
+            loras = self.client.loras()
+        except BackendError:
+            return gr.update(), {}  # keep what the picker offers
+        return lora_note(loras, task), {"choices": lora_choices(loras, task)}
+
+    def refresh_loras(self, task: str) -> list[Any]:
+        """Updates for [note, row 1's id, ..., row 4's id]: the LoRAs offered now; the chosen
+        ones stay."""
+        note, choices = self._offered(task)
+        return [note, *(gr.update(**choices) for _ in range(MAX_LORAS))]
+
+    def lora_picker(self, task: str) -> list[Any]:
+        """Updates for [note, id, strength, id, strength, ...]: the LoRAs offered, with the
+        model's default LoRAs chosen (what a request that names none would get)."""
+        note, choices = self._offered(task)
+        values = picker_values(self._model(task).get("loras", []))
+        rows = [gr.update(value=value, **({} if i % 2 else choices))
+                for i, value in enumerate(values)]
+        return [note, *rows]
 
     def _save(self, job_id: str) -> str:
         cutoff = time.time() - KEEP_DOWNLOADS_S
@@ -168,10 +259,7 @@ class Handlers:
             jobs = self.client.list(limit=50)["data"]
         except BackendError as exc:
             raise gr.Error(f"Backend error: {exc.message}") from None
-        rows = [[j["id"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["created_at"])),
-                 j["model_type"], j["status"], j["prompt"], j["seed"], j["size"],
-                 j["num_frames"], j["num_inference_steps"]] for j in jobs]
-        return rows, jobs
+        return [history_row(job) for job in jobs], jobs
 
     def show(self, jobs: list[dict[str, Any]], index: int) -> tuple[str | None, str]:
         job = jobs[index]
