@@ -84,6 +84,8 @@ class Job:
     owner: str | None = None
     # A hash of the request, so a reused Idempotency-Key with another body is refused.
     request_digest: str | None = None
+    # The denoising step of the newest live preview (GET /v1/videos/{id}/preview); None: none.
+    preview_step: int | None = None
 
     @property
     def done(self) -> bool:
