@@ -17,11 +17,11 @@ class FailOnMarker(Engine):
         self.engine = engine
         self.name = engine.name
 
-    def generate(self, params, progress, should_cancel):
+    def generate(self, params, progress, should_cancel, preview=None):
         if FAIL_MARKER in params.prompt:
             progress("denoising", 1, params.num_inference_steps)
             raise GenerationError("injected engine failure")
-        return self.engine.generate(params, progress, should_cancel)
+        return self.engine.generate(params, progress, should_cancel, preview)
 
     @property
     def healthy(self) -> bool:
@@ -49,11 +49,11 @@ class CrashFastVideoWorker(FailOnMarker):
     with SIGQUIT, exactly as a worker failure would.
     """
 
-    def generate(self, params, progress, should_cancel):
+    def generate(self, params, progress, should_cancel, preview=None):
         if FAIL_MARKER in params.prompt:
             kwargs = self.engine._request_kwargs(params, image_path=None)
             return self.engine.run(kwargs, params, progress, should_cancel)
-        return self.engine.generate(params, progress, should_cancel)
+        return self.engine.generate(params, progress, should_cancel, preview)
 
 
 def crash_fastvideo_worker(spec: ModelSpec) -> CrashFastVideoWorker:

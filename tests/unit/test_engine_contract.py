@@ -15,7 +15,7 @@ from videoserve.engines.fastvideo.engine import FastVideoEngine
 class Minimal(Engine):
     name = "minimal"
 
-    def generate(self, params, progress, should_cancel):
+    def generate(self, params, progress, should_cancel, preview=None):
         return GenerationOutput(mp4=b"", num_frames=0, height=0, width=0, inference_time=0.0,
                                 encoding_time=0.0)
 

@@ -283,6 +283,8 @@ class Settings:
     lora_dir: Path | None = None
     # Larger LoRA files are listed with an error and never loaded.
     lora_max_bytes: int = DEFAULT_MAX_BYTES
+    # Live previews of the denoising (a request may turn them off; --no_preview: for all).
+    preview: bool = True
     # A damaged job table is recovered (its readable jobs copied) instead of refused.
     recover_jobs: bool = False
     # Origins (scheme://host[:port]) whose browser pages may call the API, besides its own.

@@ -86,6 +86,8 @@ class Job:
     request_digest: str | None = None
     # The denoising step of the newest live preview (GET /v1/videos/{id}/preview); None: none.
     preview_step: int | None = None
+    # Whether the job makes live previews (the request's "preview", off with --no_preview).
+    preview: bool = True
 
     @property
     def done(self) -> bool:

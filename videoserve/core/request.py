@@ -114,6 +114,9 @@ class GenerateVideoRequest(BaseModel):
     width: int | None = Field(default=None, ge=16, le=4096, strict=True)
     num_inference_steps: int | None = Field(default=None, ge=1, le=1000, strict=True)
     fps: int | None = Field(default=None, ge=1, le=120, strict=True)
+    preview: bool | None = Field(
+        default=None, description="live previews while it denoises (GET "
+        "/v1/videos/{id}/preview); default on unless the server runs with --no_preview")
     loras: list[LoraChoice] | None = Field(
         default=None, description=f"LoRA adapters and their strengths (at most {MAX_LORAS}; "
         "GET /v1/loras lists them); unset: the model's default LoRAs, [] none")

@@ -28,7 +28,16 @@ from typing import Any
 from videoserve.core.config import Task
 from videoserve.core.errors import Busy, public_reason
 from videoserve.core.jobs import Job, JobStore
-from videoserve.core.sampling import Cancelled, Event, Failed, Progress, Result, Started, WorkItem
+from videoserve.core.sampling import (
+    Cancelled,
+    Event,
+    Failed,
+    Preview,
+    Progress,
+    Result,
+    Started,
+    WorkItem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +119,12 @@ class JobRunner:
                  load_image: Callable[[Job], bytes | None],
                  save_result: Callable[[Job, Result], dict[str, Any]],
                  request_cancel: RequestCancel | None = None,
-                 observer: JobObserver | None = None, has_model: HasModel | None = None):
+                 observer: JobObserver | None = None, has_model: HasModel | None = None,
+                 save_preview: Callable[[Job, bytes], None] | None = None):
         self.store, self.dispatch, self.capacity = store, dispatch, capacity
         self.has_model = has_model or (lambda task: True)
         self.load_image, self.save_result = load_image, save_result
+        self.save_preview = save_preview
         self.request_cancel = request_cancel
         self.observer = observer or JobObserver()
         self.stopping = False
@@ -233,7 +244,8 @@ class JobRunner:
         reason = "the generator ended the job without a result"
         try:
             image = await asyncio.to_thread(self.load_image, job)
-            stream = self.dispatch(job.task, WorkItem(job.id, job.params, image))
+            stream = self.dispatch(job.task, WorkItem(job.id, job.params, image,
+                                                      preview=job.preview))
             async for event in stream:
                 if await self._on_event(job_id, event):
                     break
@@ -284,6 +296,10 @@ class JobRunner:
                 job = self._put(job.to("in_progress", step=max(job.step, step),
                                        total_steps=total, stage=stage))
                 self.observer.on_progress(job)
+            case Preview(step=step, webp=webp):
+                if self.save_preview is not None:
+                    await asyncio.to_thread(self.save_preview, job, webp)
+                    self._put(job.to("in_progress", preview_step=step))
             case Result():
                 result = await asyncio.to_thread(self.save_result, job, event)
                 self._learn(job)

@@ -8,7 +8,7 @@ and here (its resolved type); model defaults (``config.SamplingDefaults``) and l
 (``config.Limits``, named ``max_<field>``) are found by name.
 
 Between a generator replica and the ingress, events are frozen dataclasses handled with
-``match``: ``Started``, ``Progress``, ``Result``, ``Cancelled``, ``Failed``.
+``match``: ``Started``, ``Progress``, ``Preview``, ``Result``, ``Cancelled``, ``Failed``.
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ class WorkItem:
     job_id: str
     params: SamplingParams
     image_png: bytes | None = None
+    preview: bool = True  # live previews of the denoising (GET /v1/videos/{id}/preview)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,14 @@ class Progress:
     stage: str  # encoding_prompt, encoding_image, denoising, decoding, encoding_video
     step: int
     total_steps: int
+
+
+@dataclass(frozen=True)
+class Preview:
+    """The latent of a denoising step as a small WebP (at most ~2 a second)."""
+
+    step: int
+    webp: bytes
 
 
 @dataclass(frozen=True)
@@ -140,4 +149,4 @@ class Failed:
     message: str
 
 
-Event = Started | Progress | Result | Cancelled | Failed
+Event = Started | Progress | Preview | Result | Cancelled | Failed

@@ -136,6 +136,7 @@ class Prepared:
     fingerprint: str | None  # set only for explicit seeds: those results can be reused
     owner: str | None = None  # the caller's key hash (None: the API is open)
     request_digest: str | None = None  # the request as sent, for Idempotency-Key reuse
+    preview: bool = True  # live previews while it denoises
 
 
 def fingerprint(task: Task, spec: ModelSpec, params: SamplingParams,
@@ -181,7 +182,8 @@ class VideoService:
         self.jobs = JobStore(settings.output_path / "jobs.sqlite3", settings.recover_jobs)
         self.runner = JobRunner(self.jobs, dispatch, models.capacity, self.files.load_input,
                                 self._save_result, request_cancel, observer,
-                                has_model=lambda task: models.spec(task) is not None)
+                                has_model=lambda task: models.spec(task) is not None,
+                                save_preview=self.files.save_preview)
         self.decode_budget = Budget(settings.max_decode_pixels)
         self.draining = False
         self._drained = asyncio.Event()
@@ -253,7 +255,8 @@ class VideoService:
         explicit_seed = request.seed is not None and not request.randomize_seed
         key = fingerprint(task, spec, params, image_png, owner) if explicit_seed else None
         digest = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
-        return Prepared(task, spec, params, image_png, key, owner, digest)
+        preview = self.settings.preview and request.preview is not False
+        return Prepared(task, spec, params, image_png, key, owner, digest, preview)
 
     async def resolve_loras(self, request: GenerateVideoRequest,
                             spec: ModelSpec) -> tuple[LoraRef, ...]:
@@ -318,7 +321,8 @@ class VideoService:
                   synthetic=spec.synthetic, params=prepared.params,
                   total_steps=prepared.params.num_inference_steps,
                   fingerprint=prepared.fingerprint, idempotency_key=stored_key,
-                  owner=prepared.owner, request_digest=prepared.request_digest)
+                  owner=prepared.owner, request_digest=prepared.request_digest,
+                  preview=prepared.preview)
         if prepared.image_png is not None:
             self.files.save_input(job.id, prepared.image_png)
         return self.runner.submit(job), False
@@ -388,6 +392,17 @@ class VideoService:
 
     def video_file(self, job_id: str) -> Path:
         return self.files.video(job_id)
+
+    def preview_file(self, job: Job) -> tuple[Path, int]:
+        """The job's newest live preview and its step; 409 before the first one (and always
+        for a job without previews)."""
+        path = self.files.preview(job.id)
+        if job.preview_step is None or not path.is_file():
+            why = ("this job makes no previews (it asked for none, or the server runs with "
+                   "--no_preview)" if not job.preview else
+                   "no preview yet: the first comes with the first denoising step")
+            raise Conflict(why, code="no_preview_yet")
+        return path, job.preview_step
 
     def _save_result(self, job: Job, result: Result) -> dict[str, Any]:
         return self.files.save_result(job, result, f"/videos/{job.id}/video.mp4")

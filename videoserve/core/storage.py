@@ -58,6 +58,13 @@ class VideoFiles:
         write_atomic(path.parent / "record.json", json.dumps(record, indent=2).encode())
         return fields
 
+    def preview(self, job_id: str) -> Path:
+        return self.folder(job_id) / "preview.webp"
+
+    def save_preview(self, job: Job, webp: bytes) -> None:
+        """The job's newest live preview; it stays until the job is deleted."""
+        write_atomic(self.preview(job.id), webp)
+
     def delete(self, job_id: str) -> None:
         folder = self.folder(job_id)
         if folder.is_dir():

@@ -10,6 +10,7 @@ from typing import Any
 from PIL import Image
 
 from videoserve.core.sampling import SamplingParams
+from videoserve.engines.preview import PreviewFn
 
 # progress(stage, step, total_steps): called when a stage starts ("encoding_prompt",
 # "encoding_image", "denoising", "decoding", "encoding_video") and after each denoising step.
@@ -65,10 +66,13 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def generate(
-        self, params: GenerationParams, progress: ProgressFn, should_cancel: CancelFn
+        self, params: GenerationParams, progress: ProgressFn, should_cancel: CancelFn,
+        preview: PreviewFn | None = None,
     ) -> GenerationOutput:
         """One video. Raises GenerationCancelled once ``should_cancel()`` is True, and
-        GenerationError (or any exception) for a failed request: the replica lives on."""
+        GenerationError (or any exception) for a failed request: the replica lives on.
+        ``preview`` (when given) receives live previews of the denoising steps
+        (``videoserve.engines.preview``); an engine without them never calls it."""
 
     def close(self) -> None:  # noqa: B027 - a no-op by design, not a missing override
         """Release the model (GPU memory, child processes) when the replica shuts down."""

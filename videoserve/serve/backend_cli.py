@@ -95,6 +95,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora_max_mb", type=int, default=None,
                         help="larger LoRA files are listed with an error and never loaded "
                              f"(default: {DEFAULT_MAX_BYTES // 2**20})")
+    parser.add_argument("--no_preview", action="store_true",
+                        help="no live previews of the denoising (GET /v1/videos/{id}/preview "
+                             "answers 409); default: on, a request may turn its own off")
     parser.add_argument("--output_path", default="outputs",
                         help="where videos (and by default input images) live")
     parser.add_argument("--input_path", default=None,
@@ -246,6 +249,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise ConfigError("--lora_max_mb must be positive")
     return Settings(models=specs, output_path=output, input_path=inputs,
                     lora_dir=lora_dir, lora_max_bytes=lora_max_mb * 2**20,
+                    preview=not args.no_preview,
                     api_keys=api_keys(args), cors_origins=origins,
                     allowed_hosts=allowed_hosts(args),
                     admin_api_keys=admin_api_keys(args), model_dir=model_dir,

@@ -44,7 +44,7 @@ FORWARDED = ("preset", "engine", "t2v_model_path", "i2v_model_path", "tasks", "r
              "generator_resources", "cors_origins", "model_dir", "allowed_hosts",
              "lora_dir", "lora_max_mb", "t2v_lora", "i2v_lora", "t2v_defaults",
              "i2v_defaults")
-SWITCHES = ("allow_model_management", "recover_jobs")  # forwarded when given
+SWITCHES = ("allow_model_management", "recover_jobs", "no_preview")  # forwarded when given
 
 
 def build_parser() -> argparse.ArgumentParser:

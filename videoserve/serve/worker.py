@@ -27,6 +27,7 @@ from videoserve.core.sampling import (
     Cancelled,
     Event,
     Failed,
+    Preview,
     Progress,
     Result,
     SamplingParams,
@@ -174,8 +175,12 @@ class GeneratorWorker:
                     run.cancel_received_at = run.step
                 return True
 
+            def preview(step: int, webp: bytes) -> None:
+                emit(Preview(step, webp))
+
             self.generations += 1
-            output = self.engine.generate(params, progress, should_cancel)
+            output = self.engine.generate(params, progress, should_cancel,
+                                          preview if item.preview else None)
             emit(Result(output.mp4, output.num_frames, output.height, output.width,
                         output.inference_time, output.encoding_time))
         except GenerationCancelled:

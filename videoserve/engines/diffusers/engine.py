@@ -23,6 +23,7 @@ from videoserve.engines.base import (
     GenerationParams,
     ProgressFn,
 )
+from videoserve.engines.preview import PreviewFn
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,9 @@ class DiffusersEngine(Engine):
             torch.set_num_threads(int(options["num_threads"]))
         self.pipe = load_diffusers_pipeline(model_path, task, self.dtype, device)
         self.pipe.set_progress_bar_config(disable=True)
+        from videoserve.engines.preview import LatentPreview
+
+        self.previewer = LatentPreview(model_path)  # live previews (fitted in the background)
         self._loras: Any = None  # a LoraMerger once a job asked for LoRAs
         self.last_lora_switch_s: float | None = None  # the last job's; None: nothing changed
 
@@ -63,17 +67,28 @@ class DiffusersEngine(Engine):
         with self._torch.inference_mode():
             self.last_lora_switch_s = self._loras.apply(params.lora_files)
 
+    def _preview(self, preview: PreviewFn, step: int, total: int, latents: Any) -> None:
+        """A live preview of ``latents`` when one is due; a failure costs the preview only."""
+        try:
+            if latents is not None and self.previewer.due(final=step == total):
+                preview(step, self.previewer.webp(latents))
+        except Exception:  # noqa: BLE001 - the video matters, its preview does not
+            log.exception("live preview failed; the generation goes on")
+
     def stats(self) -> dict[str, Any]:
         return {"lora_switch_s": self.last_lora_switch_s}
 
     def generate(
-        self, params: GenerationParams, progress: ProgressFn, should_cancel: CancelFn
+        self, params: GenerationParams, progress: ProgressFn, should_cancel: CancelFn,
+        preview: PreviewFn | None = None,
     ) -> GenerationOutput:
         torch = self._torch
         total = params.num_inference_steps
 
         def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
             progress("denoising", step + 1, total)
+            if preview is not None:
+                self._preview(preview, step + 1, total, kwargs.get("latents"))
             if should_cancel():
                 raise GenerationCancelled()
             if step + 1 == total:

@@ -568,7 +568,9 @@ class Instrumented:
         self.generator = generator
         self.hooks: RunHooks | None = None
         self.loras: Any = None  # a LoraMerger once a job asked for LoRAs
+        self._latents: Any = None  # the DiT's latest input latents (live previews)
         instrument(pipeline_of(generator), lambda: self.hooks)
+        self._capture_latents(pipeline_of(generator).get_module("transformer"))
         self.sdpa_priority = attention_priority(sdpa_priority, cudnn_benchmark)
         self.step_cache = dit_levers(pipeline_of(generator), dit_fp8, step_cache,
                                      compile_precise)
@@ -610,6 +612,21 @@ class Instrumented:
         # The pipeline runs in a thread of VideoGenerator's; the priority order is global to
         # the process, so setting it around the call covers that thread.
         return sdpa_kernel(self.sdpa_priority, set_priority=True)
+
+    def _capture_latents(self, transformer: Any) -> None:
+        """Keep a reference to each DiT call's input latents (no copy): the step hook turns the
+        latest into a live preview. The DiT's input is what every denoising stage has, the
+        DMD one included, where no scheduler step exists to hook."""
+
+        def keep(module: Any, args: tuple, kwargs: dict) -> None:
+            latents = kwargs.get("hidden_states", args[0] if args else None)
+            if latents is not None and getattr(latents, "dim", lambda: 0)() == 5:
+                self._latents = latents
+
+        transformer.register_forward_pre_hook(keep, with_kwargs=True)
+
+    def latest_latents(self) -> Any:
+        return self._latents
 
     def apply_loras(self, loras: list[dict[str, Any]]) -> float | None:
         """Merge the job's LoRAs into the DiT, taking out the previous job's (see
@@ -837,6 +854,8 @@ class Distributed:
         if error is not None:
             raise error
         return outcome["result"]
+
+    latest_latents = None  # the DiT runs in fastvideo's workers: no live previews
 
     @staticmethod
     def apply_loras(loras: list[dict[str, Any]]) -> float | None:

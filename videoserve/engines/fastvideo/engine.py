@@ -40,6 +40,7 @@ from videoserve.engines.base import (
     ProgressFn,
 )
 from videoserve.engines.fastvideo.options import FASTVIDEO_OFFLOAD_FLAGS
+from videoserve.engines.preview import PreviewFn
 
 log = logging.getLogger(__name__)
 # How often a waiting generation checks should_cancel() (cancel reaches the child within this).
@@ -290,11 +291,12 @@ class FastVideoEngine(Engine):
         return kwargs
 
     def generate(
-        self, params: GenerationParams, progress: ProgressFn, should_cancel: CancelFn
+        self, params: GenerationParams, progress: ProgressFn, should_cancel: CancelFn,
+        preview: PreviewFn | None = None,
     ) -> GenerationOutput:
         check_params(self.task, params)
         with self._request(params) as kwargs:
-            return self.run(kwargs, params, progress, should_cancel)
+            return self.run(kwargs, params, progress, should_cancel, preview)
 
     @contextlib.contextmanager
     def _request(self, params: GenerationParams) -> Iterator[dict[str, Any]]:
@@ -307,7 +309,7 @@ class FastVideoEngine(Engine):
             yield self._request_kwargs(params, image_path)
 
     def run(self, kwargs: dict[str, Any], params: GenerationParams, progress: ProgressFn,
-            should_cancel: CancelFn) -> GenerationOutput:
+            should_cancel: CancelFn, preview: PreviewFn | None = None) -> GenerationOutput:
         """Send one already-checked request to the child and follow it to its end."""
         with self._lock:
             if should_cancel():
@@ -315,17 +317,18 @@ class FastVideoEngine(Engine):
             if self._proc is None or not self._proc.is_alive():
                 self._stop_child()
                 self._start_child()
-            return self._send(kwargs, params, progress, should_cancel)
+            return self._send(kwargs, params, progress, should_cancel, preview)
 
     def _send(self, kwargs: dict[str, Any], params: GenerationParams, progress: ProgressFn,
-              should_cancel: CancelFn) -> GenerationOutput:
+              should_cancel: CancelFn, preview: PreviewFn | None = None) -> GenerationOutput:
         self._seq += 1
         loras = [asdict(lora) for lora in params.lora_files]
-        self._conn.send({"seq": self._seq, "kwargs": kwargs, "fps": params.fps, "loras": loras})
-        return self._follow(self._seq, params, progress, should_cancel)
+        self._conn.send({"seq": self._seq, "kwargs": kwargs, "fps": params.fps, "loras": loras,
+                         "preview": preview is not None})
+        return self._follow(self._seq, params, progress, should_cancel, preview)
 
     def _follow(self, seq: int, params: GenerationParams, progress: ProgressFn,
-                should_cancel: CancelFn) -> GenerationOutput:
+                should_cancel: CancelFn, preview: PreviewFn | None = None) -> GenerationOutput:
         step, total = 0, params.num_inference_steps
         while True:
             # A cancel is passed on only once every message the child already sent is read, so
@@ -342,6 +345,10 @@ class FastVideoEngine(Engine):
             elif kind == "step":
                 step, total = message["step"], message["total"]
                 progress("denoising", step, total)
+            elif kind == "preview":
+                webp = self._conn.recv_bytes()
+                if preview is not None:
+                    preview(message["step"], webp)
             elif kind == "video":
                 mp4 = self._conn.recv_bytes()
                 self.videos += 1

@@ -18,9 +18,11 @@ Protocol over a ``multiprocessing`` pipe (the parent is ``fastvideo_engine.FastV
   child -> parent  {"type": "ready", "load_time": s, "timings": {...}, "version": v,
                     "worker_pids": [...]}
                    | {"type": "load_error", ...}
-  parent -> child  {"seq": n, "kwargs": {...}, "fps": f, "loras": [LoraFile fields, ...]}
+  parent -> child  {"seq": n, "kwargs": {...}, "fps": f, "loras": [LoraFile fields, ...],
+                    "preview": bool}
                    one generation (its LoRAs merged first);  None  shut down
-  child -> parent  {"type": "stage", "stage": name}, {"type": "step", "step": k, "total": n}
+  child -> parent  {"type": "stage", "stage": name}, {"type": "step", "step": k, "total": n},
+                   {"type": "preview", "step": k} + WebP bytes (when the job asked for previews)
                    then one of {"type": "video", ...} + MP4 bytes | {"type": "cancelled", ...}
                    | {"type": "error", "message": str, "fatal": bool}
   cancel           the parent writes the job's seq into a shared integer; the step hook reads it.
@@ -85,9 +87,14 @@ def serve_forever(conn: Connection, model_path: str, options: dict[str, Any],
         conn.send({"type": "load_error", "message": f"{type(exc).__name__}: {exc}",
                    "traceback": traceback.format_exc()})
         return
+    previewer = None
+    if runner.latest_latents is not None:
+        from videoserve.engines.preview import LatentPreview
+
+        previewer = LatentPreview(model_path)  # fitted on its own thread while jobs run
     try:
         while (request := _next_request(conn)) is not None:
-            if not _generate(conn, runner, request, cancel, keep_frames):
+            if not _generate(conn, runner, request, cancel, keep_frames, previewer):
                 return  # the pipeline is unusable; the parent starts a fresh process
     finally:
         try:
@@ -103,8 +110,29 @@ def _next_request(conn: Connection) -> dict[str, Any] | None:
         return None
 
 
+def _previews(conn: Connection, runner: Any, previewer: Any, wanted: bool) -> Any:
+    """The step hook's preview sender: after a step, the DiT's latest input latents as a WebP
+    (when one is due); None when the job wants none or the pipeline cannot show them."""
+    if not wanted or previewer is None or runner.latest_latents is None:
+        return None
+
+    def send(step: int, total: int) -> None:
+        latents = runner.latest_latents()
+        # Step 0 is the denoising starting: nothing denoised to show yet.
+        if step >= 1 and latents is not None and previewer.due(final=step == total):
+            try:
+                webp = previewer.webp(latents)
+            except Exception:  # noqa: BLE001
+                traceback.print_exc()
+                return
+            conn.send({"type": "preview", "step": step})
+            conn.send_bytes(webp)
+
+    return send
+
+
 def _generate(conn: Connection, runner: Any, request: dict[str, Any], cancel: Any,
-              keep_frames: bool = False) -> bool:
+              keep_frames: bool = False, previewer: Any = None) -> bool:
     """Run one request and report it; False when the pipeline can no longer be used."""
     from videoserve.core.media import StreamingMp4Encoder
     from videoserve.engines.fastvideo import adapter
@@ -117,9 +145,16 @@ def _generate(conn: Connection, runner: Any, request: dict[str, Any], cancel: An
         chunks.append(chunk if keep_frames else None)  # a chunk holds its frames' memory
         encoder.put(chunk)
 
+    previews = _previews(conn, runner, previewer, bool(request.get("preview")))
+
+    def on_step(step: int, total: int) -> None:
+        conn.send({"type": "step", "step": step, "total": total})
+        if previews is not None:
+            previews(step, total)
+
     hooks = adapter.RunHooks(
         on_stage=lambda stage: conn.send({"type": "stage", "stage": stage}),
-        on_step=lambda step, total: conn.send({"type": "step", "step": step, "total": total}),
+        on_step=on_step,
         should_stop=lambda: cancel.value == seq,
         frame_sink=sink,
     )

@@ -20,6 +20,10 @@ MP4 = {200: {"description": "The whole MP4", "content": {"video/mp4": BINARY},
              "content": {"video/mp4": BINARY}, "headers": CONTENT_RANGE},
        416: {"model": ErrorResponse, "description": "The range is outside the file",
              "headers": CONTENT_RANGE}, **ERRORS}
+WEBP = {200: {"description": "The newest live preview",
+              "content": {"image/webp": BINARY},
+              "headers": {"X-Preview-Step": {"description": "its denoising step",
+                                             "schema": {"type": "integer"}}}}, **ERRORS}
 RANGE_HEADERS = {"parameters": [
     {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"},
      "description": "bytes=FIRST-LAST, bytes=FIRST- or bytes=-SUFFIX (several ranges: "

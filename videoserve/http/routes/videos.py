@@ -4,9 +4,10 @@ MP4, which the legacy download in ``generate`` shares."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from videoserve.core.jobs import Job, is_job_id
 from videoserve.core.service import VideoService
@@ -18,7 +19,7 @@ from videoserve.http.openai_videos import (
     video_object,
 )
 from videoserve.http.routes.deps import Owner, Service
-from videoserve.http.routes.docs import MP4, RANGE_HEADERS, answers
+from videoserve.http.routes.docs import MP4, RANGE_HEADERS, WEBP, answers
 from videoserve.http.schemas import (
     BatchCreated,
     BatchRequest,
@@ -111,6 +112,21 @@ async def video_content(job_id: str, service: Service, owner: Owner,
     if variant != "video":
         raise ApiError(422, "only variant=video is available", param="variant")
     return open_content(service, job_id, owner)
+
+
+@router.get("/v1/videos/{job_id}/preview", response_class=Response, responses=WEBP)
+async def video_preview(job_id: str, service: Service, owner: Owner) -> Response:
+    """The newest live preview of a job's denoising (a small WebP, replaced at most about twice
+    a second; the last one stays until the job is deleted). 409 ``no_preview_yet`` before the
+    first step, and for a job without previews."""
+    job = find_job(service, job_id, owner)
+    path, step = service.preview_file(job)
+    try:
+        data = await asyncio.to_thread(path.read_bytes)
+    except FileNotFoundError:  # deleted meanwhile
+        raise ApiError(404, "no such video", type="not_found", code="not_found") from None
+    return Response(data, media_type="image/webp",
+                    headers={"X-Preview-Step": str(step), "Cache-Control": "no-store"})
 
 
 @router.post("/v1/videos/{job_id}/cancel", response_model=None, responses=answers(VideoObject))
