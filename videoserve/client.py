@@ -196,7 +196,9 @@ class VideoClient:
             time.sleep(poll_s)
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        """Cancel a queued or running job (a finished one is left as it is); its new state."""
+        """Cancel a queued or running job (a finished one is left as it is); its new state,
+        answered at once: a running job stays in_progress until its generator stops it
+        (``wait`` for ``cancelled``)."""
         return self._request("POST", f"/v1/videos/{job_id}/cancel", timeout=60).json()
 
     def delete(self, job_id: str) -> None:

@@ -206,7 +206,7 @@ def test_probe_access_lines_are_demoted_to_debug():
     for route in ("/ready", "/health", "/metrics", "/myapp/ready"):
         record = access_record(route)
         assert probe.filter(record) is False and record.levelname == "DEBUG", route
-    for route in ("/v1/models", "/v1/videos/{job_id}", "/generate_video"):
+    for route in ("/v1/models", "/v1/videos/{job_id}/content", "/generate_video"):
         record = access_record(route)
         assert probe.filter(record) is True and record.levelname == "INFO", route
     other = logging.LogRecord("ray.serve.test", logging.INFO, __file__, 1, "/ready is 503",

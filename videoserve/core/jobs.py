@@ -7,6 +7,10 @@ attempt. ``Job.to`` is the only way to change state and refuses any other move.
 The table is SQLite under the output folder, written at every state change, so queued jobs,
 history and results survive a restart. Non-final jobs are mirrored in memory (their progress
 changes every step and is not written).
+
+Watching a job (GET /v1/videos/{id}/events): every change of a job raises its ``version`` and
+wakes whoever waits in ``changed``; a waiter reads the job's newest state when it wakes, so a
+slow watcher skips states rather than queueing them.
 """
 
 from __future__ import annotations
@@ -169,6 +173,8 @@ class JobStore:
         self._lock = threading.Lock()
         self._active: dict[str, Job] = {}
         self._finished: dict[str, asyncio.Event] = {}
+        self._versions: dict[str, int] = {}  # job id -> version (see ``version``)
+        self._watchers: dict[str, set[asyncio.Event]] = {}  # job id -> waiters in ``changed``
         rows = self._db.execute("SELECT seq, data FROM jobs WHERE status IN "
                                 "('queued', 'in_progress') ORDER BY seq").fetchall()
         for seq, data in rows:
@@ -189,6 +195,7 @@ class JobStore:
     def add(self, job: Job) -> Job:
         job = replace(job, seq=self._write(job))
         self._active[job.id] = job
+        self._changed(job.id)
         return job
 
     def put(self, job: Job) -> Job:
@@ -203,7 +210,41 @@ class JobStore:
                 event.set()
         else:
             self._active[job.id] = job
+        self._changed(job.id)
         return job
+
+    # -- watching a job ----------------------------------------------------------------------
+
+    def _changed(self, job_id: str) -> None:
+        now_ms = time.time_ns() // 1_000_000
+        self._versions[job_id] = max(self._versions.get(job_id, 0) + 1, now_ms)
+        for event in self._watchers.get(job_id, ()):
+            event.set()
+
+    def version(self, job_id: str) -> int:
+        """A number that grows at every change of the job: milliseconds since the epoch, kept
+        strictly increasing, so that it also grows across restarts (a job not changed in this
+        process gets the time of the first ask). Only for jobs that exist."""
+        return self._versions.setdefault(job_id, time.time_ns() // 1_000_000)
+
+    async def changed(self, job_id: str, after: int, timeout: float | None) -> int:
+        """Wait until the job's version is past ``after`` or ``timeout`` seconds passed; the
+        version then (still ``after`` or less: nothing changed). Changes are not queued: the
+        caller reads the job's newest state."""
+        event = asyncio.Event()
+        watchers = self._watchers.setdefault(job_id, set())
+        watchers.add(event)
+        try:
+            if self.version(job_id) <= after:
+                try:
+                    await asyncio.wait_for(event.wait(), timeout)
+                except TimeoutError:
+                    pass
+            return self.version(job_id)
+        finally:
+            watchers.discard(event)
+            if not watchers and self._watchers.get(job_id) is watchers:
+                del self._watchers[job_id]
 
     def _one(self, sql: str, *args: Any) -> Job | None:
         with self._lock:
@@ -254,6 +295,8 @@ class JobStore:
     def delete(self, job_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        self._changed(job_id)
+        self._versions.pop(job_id, None)
 
     def page(self, limit: int, after: str | None, order: str,
              owner: str | None = None) -> tuple[list[Job], bool]:

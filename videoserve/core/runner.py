@@ -13,7 +13,12 @@ fails with a reason. While the backend drains for shutdown, nothing changes stat
 queued or running is picked up by the next start.
 
 Every change goes through ``_put``; a ``JobObserver`` (``videoserve.core.metrics``) hears of new,
-refused, started, progressing and finished jobs.
+refused, started, progressing and finished jobs. Jobs queued, started and finished are logged at
+INFO (progress is not: GET /v1/videos/{id}/events streams it).
+
+A cancel answers at once: a queued job is cancelled there and then; a running one is marked
+(``cancellation.requested_at``) and its generator asked to stop in the background; the job turns
+``cancelled`` when the generator stops (or, past FORCE_CANCEL_S, when the runner ends its stream).
 """
 
 from __future__ import annotations
@@ -134,6 +139,7 @@ class JobRunner:
         self._job_seconds: dict[str, float] = {}
         self._last_loras: dict[str, tuple] = {}  # per task: the LoRAs of the last job started
         self._lora_skips: dict[str, int] = {}  # queued job id -> times passed over
+        self._stopping: set[asyncio.Task] = set()  # cancels being passed on to generators
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -179,6 +185,8 @@ class JobRunner:
     def submit(self, job: Job) -> Job:
         """Queue a new (admitted) job."""
         job = self.store.add(job)
+        log.info("job %s queued: %s %s, %d steps", job.id, job.task, job.model,
+                 job.total_steps)
         self.observer.on_submitted(job)
         self.wake(job.task)
         return job
@@ -291,6 +299,8 @@ class JobRunner:
                            if model else {})
                 job = self._put(job.to("in_progress", started_at=time.time(), stage="starting",
                                        **changes))
+                log.info("job %s started: %s %s (attempt %d)", job_id, job.task, job.model,
+                         job.attempts)
                 self.observer.on_started(job)
             case Progress(stage=stage, step=step, total_steps=total):
                 job = self._put(job.to("in_progress", step=max(job.step, step),
@@ -323,6 +333,11 @@ class JobRunner:
         before = self.store.get(job.id)
         job = self.store.put(job)
         if job.done and not (before is not None and before.done):
+            took = (f" in {job.finished_at - job.started_at:.1f}s"
+                    if job.finished_at and job.started_at else "")
+            log.info("job %s finished: %s%s at step %d/%d%s", job.id, job.status, took,
+                     job.step, job.total_steps, f" ({job.error})" if job.error and
+                     job.status == "failed" else "")
             self.observer.on_final(job)
         return job
 
@@ -335,28 +350,47 @@ class JobRunner:
 
     # -- cancel ------------------------------------------------------------------------------
 
-    async def cancel(self, job_id: str, wait_s: float = 10.0) -> Job:
-        """Cancel a queued job at once; ask a running one to stop and wait a little for it."""
+    async def cancel(self, job_id: str, wait_s: float = 0.0) -> Job | None:
+        """Cancel a queued job at once. A running one is marked (``cancellation``) and its
+        generator asked to stop in the background; answered at once (``wait_s`` 0) or once it
+        stopped, waiting at most ``wait_s``. A second cancel keeps the first one's record."""
         job = self.store.get(job_id)
         if job is None or job.done:
             return job
         requested = {"requested_at": time.time(), "requested_at_step": job.step}
         if job.status == "queued":
+            log.info("job %s: cancelled while queued", job_id)
             return self._put(job.to("cancelled", cancellation=requested))
-        self._put(job.to("in_progress", cancellation=requested))
+        if job.cancellation is None:
+            log.info("job %s: cancel requested at step %d", job_id, job.step)
+            job = self._put(job.to("in_progress", cancellation=requested))
+            stopping = asyncio.create_task(self._stop(job_id))
+            self._stopping.add(stopping)
+            stopping.add_done_callback(self._stopping.discard)
+        if wait_s > 0:
+            try:
+                return await self.store.wait(job_id, wait_s)
+            except (TimeoutError, KeyError):
+                pass
+        return self.store.get(job_id)
+
+    async def _stop(self, job_id: str) -> None:
+        """Pass a cancel on to the generator running the job, then make sure it ends."""
         if self.request_cancel is not None:
-            await self.request_cancel(job_id)
-        asyncio.create_task(self._force_cancel(job_id, FORCE_CANCEL_S))
-        try:
-            return await self.store.wait(job_id, wait_s)
-        except TimeoutError:
-            return self.store.get(job_id)
+            try:
+                await self.request_cancel(job_id)
+            except Exception as exc:  # noqa: BLE001 - _force_cancel still ends the job
+                log.warning("job %s: could not pass the cancel on to its generator: %s",
+                            job_id, exc)
+        await self._force_cancel(job_id, FORCE_CANCEL_S)
 
     async def _force_cancel(self, job_id: str, after_s: float) -> None:
         """If the generator has not stopped a cancelled job by then, end its stream: Serve
         cancels the request on the replica, whose worker stops the engine at the next step."""
         try:
             await self.store.wait(job_id, after_s)
+        except KeyError:
+            return  # deleted
         except TimeoutError:
             task = self._running.get(job_id)
             if task is not None:

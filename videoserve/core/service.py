@@ -383,7 +383,9 @@ class VideoService:
     def queue_position(self, job: Job) -> int | None:
         return self.runner.queue_position(job)
 
-    async def cancel(self, job: Job, wait_s: float = 10.0) -> Job:
+    async def cancel(self, job: Job, wait_s: float = 0.0) -> Job:
+        """Cancel ``job``; answered at once (a running job is still ``in_progress``, with
+        ``cancellation.requested_at`` set), or once it stopped, waiting at most ``wait_s``."""
         return await self.runner.cancel(job.id, wait_s) or job
 
     def delete_files(self, job: Job) -> None:

@@ -1,4 +1,7 @@
-"""Quieter access logs for probes: /ready, /health and /metrics are logged at DEBUG.
+"""Quieter access logs for probes and polls: /ready, /health and /metrics, a job's GET polls
+(/v1/videos/{id}, its /preview and /events) and the backend's readiness calls on the ingress
+(``start_status``, twice a second while the models load) are logged at DEBUG; job changes are
+the INFO lines (``videoserve.core.runner``; ``forward_service_logs`` lets them out of a replica).
 
 Ray Serve 2.60 writes one INFO access line per request from the replica that handled it
 (``ray.serve`` logger, ``serve_access_log`` set on the record, the matched route in ``route``),
@@ -18,14 +21,23 @@ import logging
 
 SERVE_LOGGER = "ray.serve"
 QUIET_PATHS = ("/ready", "/health", "/metrics")
+# Routes quiet for GET (and HEAD) only: a client watching a job polls them; DELETE and POST of the
+# same routes are changes, and stay at INFO.
+QUIET_POLLS = ("/v1/videos/{job_id}", "/v1/videos/{job_id}/preview",
+               "/v1/videos/{job_id}/events")
+POLL_METHODS = ("GET", "HEAD")
+# Deployment-handle calls on the ingress that poll ("CALL start_status OK 3.1ms").
+QUIET_CALLS = ("start_status", "ready")
+SERVICE_LOGGER = "videoserve"
 
 
 class ProbeAccessFilter(logging.Filter):
     """Lowers Serve's access lines for ``paths`` to DEBUG (and drops them below DEBUG)."""
 
-    def __init__(self, paths: tuple[str, ...] = QUIET_PATHS):
+    def __init__(self, paths: tuple[str, ...] = QUIET_PATHS,
+                 polls: tuple[str, ...] = QUIET_POLLS, calls: tuple[str, ...] = QUIET_CALLS):
         super().__init__()
-        self.paths = paths
+        self.paths, self.polls, self.calls = paths, polls, calls
 
     def quiet(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "serve_access_log", False):
@@ -33,7 +45,14 @@ class ProbeAccessFilter(logging.Filter):
         # The route is the app's route pattern with the app's route prefix in front
         # ("/ready", "/myapp/ready"), never a client's raw path.
         route = str(getattr(record, "route", "") or "")
-        return any(route == path or route.endswith(path) for path in self.paths)
+        if any(route == path or route.endswith(path) for path in self.paths):
+            return True
+        # The line: "[CLIENT ]METHOD ROUTE STATUS LATENCY"; a handle call's METHOD is CALL and
+        # its ROUTE the method called.
+        words = record.getMessage().split()
+        if route and route in words[1:] and any(route.endswith(p) for p in self.polls):
+            return words[words.index(route) - 1] in POLL_METHODS
+        return "CALL" in words[:-1] and words[words.index("CALL") + 1] in self.calls
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno <= logging.DEBUG or not self.quiet(record):
@@ -48,3 +67,28 @@ def quiet_probe_access_logs(logger_name: str = SERVE_LOGGER) -> None:
     logger = logging.getLogger(logger_name)
     if not any(isinstance(f, ProbeAccessFilter) for f in logger.filters):
         logger.addFilter(ProbeAccessFilter())
+
+
+class ToServeLogger(logging.Handler):
+    """Hands records to Serve's logger, whose handlers write a replica's log file and stderr
+    (which Ray forwards to the backend's console)."""
+
+    def __init__(self, target: str = SERVE_LOGGER):
+        super().__init__()
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger(self.target).handle(record)
+
+
+def forward_service_logs(logger_name: str = SERVICE_LOGGER, target: str = SERVE_LOGGER) -> None:
+    """In a Serve replica: the service's own INFO lines (jobs queued, started and finished,
+    models loaded) go where Serve's do; without this a replica drops them (its root logger has
+    no handler). Once per process."""
+    logger = logging.getLogger(logger_name)
+    if any(isinstance(h, ToServeLogger) for h in logger.handlers):
+        return
+    logger.addHandler(ToServeLogger(target))
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    logger.propagate = False

@@ -90,9 +90,10 @@ class Ingress:
     def __init__(self, settings: Settings, engine_factory: EngineFactory | None = None):
         from videoserve.core.metrics import ServiceMetrics
         from videoserve.core.service import VideoService
-        from videoserve.http.access_log import quiet_probe_access_logs
+        from videoserve.http.access_log import forward_service_logs, quiet_probe_access_logs
 
         quiet_probe_access_logs()
+        forward_service_logs()
         # Replicas read LoRAs from the same folder the ingress lists (same path on each node).
         lora_dir = str(settings.loras_dir)
         settings = replace(settings, models={task: replace(spec, lora_dir=lora_dir)

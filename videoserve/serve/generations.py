@@ -43,6 +43,9 @@ class Generator:
 
     def __init__(self, spec: ModelSpec, engine_factory: EngineFactory | None = None,
                  board_app: str | None = None):
+        from videoserve.http.access_log import forward_service_logs
+
+        forward_service_logs()  # "model ... loaded in ..." and the engine's INFO lines
         # The cancel board belongs to the ingress's application, not this generation's.
         app_name = board_app or serve.get_replica_context().app_name
         self.worker = GeneratorWorker(spec, engine_factory or create_engine,

@@ -8,10 +8,12 @@ import asyncio
 from typing import Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
 from videoserve.core.jobs import Job, is_job_id
 from videoserve.core.service import VideoService
 from videoserve.http.errors import ApiError
+from videoserve.http.job_events import HEADERS, job_events, parse_last_event_id
 from videoserve.http.openai_videos import (
     parse_create,
     read_create_body,
@@ -19,7 +21,7 @@ from videoserve.http.openai_videos import (
     video_object,
 )
 from videoserve.http.routes.deps import Owner, Service
-from videoserve.http.routes.docs import MP4, RANGE_HEADERS, WEBP, answers
+from videoserve.http.routes.docs import ERRORS, MP4, RANGE_HEADERS, WEBP, answers
 from videoserve.http.schemas import (
     BatchCreated,
     BatchRequest,
@@ -31,6 +33,7 @@ from videoserve.http.schemas import (
 from videoserve.http.video_file import VideoFile
 
 MAX_IDEMPOTENCY_KEY = 255
+DELETE_WAIT_S = 10.0  # DELETE of a running job: how long it waits for the job to stop
 CREATE_BODY = {"requestBody": {"content": {
     "application/json": {"schema": VideoCreateRequest.model_json_schema()},
     "multipart/form-data": {"schema": {"type": "object", "properties": {
@@ -103,6 +106,23 @@ async def get_video(job_id: str, service: Service, owner: Owner) -> dict[str, An
     return view(service, find_job(service, job_id, owner))
 
 
+EVENTS = {200: {"description": "Server-sent events: `progress` at every change of the job, then "
+                 "one `completed`, `failed` or `cancelled` (data: the job object); a "
+                 "`: keep-alive` comment every 15 s", "content": {"text/event-stream": {
+                     "schema": {"type": "string"}}}}}
+
+
+@router.get("/v1/videos/{job_id}/events", response_class=StreamingResponse,
+            responses={**ERRORS, **EVENTS}, operation_id="video_events")
+async def video_events(job_id: str, service: Service, owner: Owner,
+                       last_event_id: str | None = Header(None)) -> StreamingResponse:
+    """Watch a job: an event at every change (server-sent events) until its final event.
+    ``Last-Event-ID`` resumes after the event of that id (the final event is always sent)."""
+    find_job(service, job_id, owner)
+    return StreamingResponse(job_events(service, job_id, parse_last_event_id(last_event_id)),
+                             media_type="text/event-stream", headers=HEADERS)
+
+
 @router.api_route("/v1/videos/{job_id}/content", methods=["GET", "HEAD"], responses=MP4,
                   response_class=VideoFile, openapi_extra=RANGE_HEADERS,
                   operation_id="video_content")
@@ -131,7 +151,9 @@ async def video_preview(job_id: str, service: Service, owner: Owner) -> Response
 
 @router.post("/v1/videos/{job_id}/cancel", response_model=None, responses=answers(VideoObject))
 async def cancel_video(job_id: str, service: Service, owner: Owner) -> dict[str, Any]:
-    """Cancel a queued or running job; a finished job is returned unchanged."""
+    """Cancel a queued or running job, answered at once: a queued job is ``cancelled``; a
+    running one stays ``in_progress`` (``cancellation.requested_at`` set) until its generator
+    stops it, at its next step. A finished job is returned unchanged."""
     job = find_job(service, job_id, owner)
     return view(service, await service.cancel(job) if not job.done else job)
 
@@ -141,7 +163,9 @@ async def delete_video(job_id: str, service: Service, owner: Owner) -> dict[str,
     """Cancel a queued or running job; delete a finished one and its files."""
     job = find_job(service, job_id, owner)
     if not job.done:
-        job = await service.cancel(job)
+        # Unlike POST .../cancel, DELETE waits a little for a running job to stop, so that its
+        # answer says whether the job is now cancelled (then DELETE again removes it).
+        job = await service.cancel(job, DELETE_WAIT_S)
         return {"id": job.id, "object": "video.deleted", "deleted": False,
                 "status": job.status, "video": view(service, job)}
     service.delete_files(job)
