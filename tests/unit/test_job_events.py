@@ -94,26 +94,30 @@ def test_progress_events_then_the_final_job_object(tmp_path):
     assert final["data"]["status"] == "completed" and final["data"]["progress"] == 100
 
 
-def test_a_slow_client_gets_the_latest_state_not_a_backlog(tmp_path):
-    async def main():
-        runner = make_runner(tmp_path, FakeGenerators())
-        job = runner.store.put(add(runner).to("in_progress", total_steps=100))
+def test_a_client_that_fell_behind_gets_each_kept_state_not_a_backlog(tmp_path):
+    from videoserve.core.jobs import HISTORY
+
+    async def events_after(changes: int) -> list[dict]:
+        runner = make_runner(tmp_path / str(changes), FakeGenerators())
+        job = runner.store.put(add(runner).to("in_progress", total_steps=changes))
         stream = job_events(watcher(runner), job.id)
-        first = parse(await anext(stream))
-        for step in range(1, 51):  # fifty changes while the client reads nothing
+        seen = [parse(await anext(stream))]
+        for step in range(1, changes + 1):  # changes while the client reads nothing
             job = runner.store.put(job.to("in_progress", step=step, stage="denoising"))
-        runner.store.put(job.to("in_progress", preview_step=48))
-        second = parse(await anext(stream))
+        runner.store.put(job.to("in_progress", preview_step=changes - 2))
         runner.store.put(runner.store.get(job.id).to("cancelled"))
-        third = parse(await anext(stream))
-        with pytest.raises(StopAsyncIteration):
-            await anext(stream)
-        return first, second, third
-    first, second, third = asyncio.run(main())
-    assert first["data"]["step"] == 0
-    assert second["data"]["step"] == 50 and second["data"]["preview_step"] == 48
-    assert second["id"] > first["id"]
-    assert third["event"] == "cancelled" and third["data"]["status"] == "cancelled"
+        async for event in stream:
+            seen.append(parse(event))
+        return seen
+
+    behind = asyncio.run(events_after(50))
+    assert [e["data"]["step"] for e in behind[:-1]] == list(range(51)) + [50]  # every step
+    assert behind[-2]["data"]["preview_step"] == 48
+    assert [e["id"] for e in behind] == sorted({e["id"] for e in behind})
+    assert behind[-1]["event"] == "cancelled" and behind[-1]["data"]["status"] == "cancelled"
+    far = asyncio.run(events_after(300))  # further behind than the kept states
+    steps = [e["data"]["step"] for e in far[1:-1]]
+    assert len(steps) < HISTORY and steps == sorted(steps) and steps[-1] == 300
 
 
 def test_last_event_id_resumes_and_the_final_event_is_always_sent(tmp_path):

@@ -9,8 +9,9 @@ history and results survive a restart. Non-final jobs are mirrored in memory (th
 changes every step and is not written).
 
 Watching a job (GET /v1/videos/{id}/events): every change of a job raises its ``version`` and
-wakes whoever waits in ``changed``; a waiter reads the job's newest state when it wakes, so a
-slow watcher skips states rather than queueing them.
+wakes whoever waits in ``changed``. The last HISTORY states of each recently changed job are
+kept (``states_since``), so a watcher that wakes after several changes still sees each step; one
+further behind skips to the newest state rather than queueing a backlog.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -147,6 +149,10 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 ADDED_COLUMNS = {"owner": "TEXT"}
 
 
+HISTORY = 64  # states kept per job for its watchers (a step each)
+HISTORY_JOBS = 256  # jobs whose states are kept (those changed last)
+
+
 class JobStore:
     """The durable job table, an in-memory mirror of unfinished jobs, and waiting for one."""
 
@@ -174,6 +180,8 @@ class JobStore:
         self._active: dict[str, Job] = {}
         self._finished: dict[str, asyncio.Event] = {}
         self._versions: dict[str, int] = {}  # job id -> version (see ``version``)
+        # job id -> its last states (version, job), for the HISTORY_JOBS jobs changed last.
+        self._history: OrderedDict[str, deque[tuple[int, Job]]] = OrderedDict()
         self._watchers: dict[str, set[asyncio.Event]] = {}  # job id -> waiters in ``changed``
         rows = self._db.execute("SELECT seq, data FROM jobs WHERE status IN "
                                 "('queued', 'in_progress') ORDER BY seq").fetchall()
@@ -195,7 +203,7 @@ class JobStore:
     def add(self, job: Job) -> Job:
         job = replace(job, seq=self._write(job))
         self._active[job.id] = job
-        self._changed(job.id)
+        self._changed(job.id, job)
         return job
 
     def put(self, job: Job) -> Job:
@@ -210,16 +218,26 @@ class JobStore:
                 event.set()
         else:
             self._active[job.id] = job
-        self._changed(job.id)
+        self._changed(job.id, job)
         return job
 
     # -- watching a job ----------------------------------------------------------------------
 
-    def _changed(self, job_id: str) -> None:
+    def _changed(self, job_id: str, job: Job | None = None) -> None:
         now_ms = time.time_ns() // 1_000_000
-        self._versions[job_id] = max(self._versions.get(job_id, 0) + 1, now_ms)
+        version = self._versions[job_id] = max(self._versions.get(job_id, 0) + 1, now_ms)
+        if job is not None:
+            states = self._history.pop(job_id, None) or deque(maxlen=HISTORY)
+            states.append((version, job))
+            self._history[job_id] = states  # now the most recently changed
+            while len(self._history) > HISTORY_JOBS:
+                self._history.popitem(last=False)
         for event in self._watchers.get(job_id, ()):
             event.set()
+
+    def states_since(self, job_id: str, after: int) -> list[tuple[int, Job]]:
+        """The job's kept states (version, job) newer than ``after``, oldest first."""
+        return [(v, job) for v, job in self._history.get(job_id, ()) if v > after]
 
     def version(self, job_id: str) -> int:
         """A number that grows at every change of the job: milliseconds since the epoch, kept
@@ -297,6 +315,7 @@ class JobStore:
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         self._changed(job_id)
         self._versions.pop(job_id, None)
+        self._history.pop(job_id, None)
 
     def page(self, limit: int, after: str | None, order: str,
              owner: str | None = None) -> tuple[list[Job], bool]:

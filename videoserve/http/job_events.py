@@ -46,20 +46,27 @@ async def job_events(service: VideoService, job_id: str, last_event_id: int = 0,
                      keepalive_s: float | None = None) -> AsyncIterator[str]:
     """The stream's text, event by event, until the job's final event (or its deletion)."""
     keepalive_s = KEEPALIVE_S if keepalive_s is None else keepalive_s
-    store, sent, last_data = service.jobs, last_event_id, None
+    store, sent, last_data, watching = service.jobs, last_event_id, None, False
     while True:
         # No await between reading the version and the job: they belong together.
         version, job = store.version(job_id), store.get(job_id)
         if job is None:
             return  # deleted
-        if job.done:
+        if version > sent:
+            # Each state since the last event (several when the job moved on meanwhile, the
+            # steps just before its end included); a stream just opened starts at the newest.
+            states = store.states_since(job_id, sent) if watching else []
+            if not states or states[-1][0] != version:
+                states.append((version, job))
+            for state_version, state in states:
+                data = progress_data(state, service.queue_position(state))
+                if not state.done and data != last_data:
+                    yield sse("progress", data, state_version)
+                    last_data = data
+            sent = version
+        if job.done:  # a job already final when the stream opens: its final event at once
             yield sse(job.status, video_object(job, None), version)
             return
-        if version > sent:
-            data = progress_data(job, service.queue_position(job))
-            if data != last_data:
-                yield sse("progress", data, version)
-                last_data = data
-            sent = version
+        watching = True
         if await store.changed(job_id, sent, keepalive_s) <= sent:
             yield KEEPALIVE
