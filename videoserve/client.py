@@ -195,9 +195,21 @@ class VideoClient:
                 raise BackendError(0, f"job {job_id} still {job['status']} after the timeout")
             time.sleep(poll_s)
 
+    def preview(self, job_id: str) -> tuple[int, bytes] | None:
+        """The newest live preview of a job's denoising: (its step, a small WebP); None while
+        there is none yet (409: before the first step, or for a job without previews)."""
+        try:
+            response = self._request("GET", f"/v1/videos/{job_id}/preview", timeout=30)
+        except BackendError as exc:
+            if exc.status == 409:
+                return None
+            raise
+        return int(response.headers.get("X-Preview-Step", 0)), response.content
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a queued or running job (a finished one is left as it is); its new state,
-        answered at once: a running job stays in_progress until its generator stops it
+        answered at once: a queued job is ``cancelled``, a running one stays ``in_progress``
+        with ``cancellation.requested_at`` set until its engine stops at its next step
         (``wait`` for ``cancelled``)."""
         return self._request("POST", f"/v1/videos/{job_id}/cancel", timeout=60).json()
 

@@ -34,6 +34,9 @@ CANCEL = {"frames": 33, "height": 256, "width": 256, "steps": 50}
 # frames, so the UI's progress polls see several steps even on a loaded machine (30 steps of 9
 # frames once showed only one).
 FASTVIDEO_WATCH = {"frames": 17, "height": 128, "width": 128, "steps": 50}
+# Twice the frames (twice as long a step, the same 32x32 previews): on a loaded machine 17
+# frames once denoised within a single preview's interval.
+PREVIEW_WATCH = {**FASTVIDEO_WATCH, "frames": 33}
 
 VIDEO_LOADED = """id => {
     const video = document.querySelector(`#${id} video`);
@@ -258,19 +261,43 @@ def test_fastvideo_progress_shows_real_steps(page, backend_defaults, tmp_path):
     sync_api.expect(page.locator("#i2v-info")).to_contain_text("via fastvideo")
 
 
+# Records every distinct label of a Cancel button, in order, into window.__labels.
+WATCH_LABELS = """(id) => {
+    window.__labels = [];
+    const record = () => {
+        const button = document.querySelector(`#${id}`);
+        const text = button ? button.textContent.trim() : '';
+        if (text && window.__labels[window.__labels.length - 1] !== text) {
+            window.__labels.push(text);
+        }
+    };
+    record();
+    new MutationObserver(record).observe(document.body, {subtree: true, childList: true,
+                                                         characterData: true});
+}"""
+
+
 def test_cancel_stops_the_job(page, backend_defaults, ui_server):
+    cancel = page.locator("#t2v-cancel")
+    sync_api.expect(cancel).to_be_disabled()  # nothing runs yet
     open_advanced(page, "t2v", backend_defaults["t2v"], CANCEL)
     prompt = "A job that is cancelled while it denoises."
     page.locator("#t2v-prompt textarea").fill(prompt)
+    page.evaluate(WATCH_LABELS, "t2v-cancel")
     page.locator("#t2v-run").click()
+    sync_api.expect(cancel).to_be_enabled()
     # Cancel once the job is denoising (step 1 or later).
     page.wait_for_function("""() => {
         const level = document.querySelector('#t2v-video .progress-level-inner');
         return !!level && /Denoising step [1-9]/.test(level.textContent);
     }""", timeout=GENERATION_MS)
-    page.locator("#t2v-cancel").click()
+    cancel.click()
     info = page.locator("#t2v-info")
     sync_api.expect(info).to_contain_text("Cancelled", timeout=GENERATION_MS)
+    # "Cancelling…" from the click until the job was final; then Cancel idles again.
+    sync_api.expect(cancel).to_be_disabled()
+    sync_api.expect(cancel).to_have_text("Cancel")
+    assert page.evaluate("window.__labels") == ["Cancel", "Cancelling…", "Cancel"]
     match = re.search(r"Cancelled (?:at step (\d+)|before it started)\.", info.inner_text())
     assert match and match[1] and 1 <= int(match[1]) < CANCEL["steps"], info.inner_text()
     # No video came back, and the tracker is gone.
@@ -460,3 +487,61 @@ def test_loras_go_from_the_picker_to_history_and_back(page, backend_defaults):
     sync_api.expect(page.locator("#t2v-prompt textarea")).to_have_value(prompt)
     expect_picker(page, "t2v", [T2V_DEFAULT_LORA, added, ("none", 1.0), ("none", 1.0)])
     assert screenshot(page, "t2v-loras-reused.png").stat().st_size > 0
+
+
+def test_task_tabs_have_inputs_left_and_results_right(page):
+    for prefix in ("t2v", "i2v"):
+        if prefix == "i2v":
+            page.get_by_role("tab", name="Image-to-Video").click()
+        sync_api.expect(page.locator(f"#{prefix}-preview")).to_be_visible()
+        sync_api.expect(page.locator(f"#{prefix}-cancel")).to_be_disabled()  # idle
+        inputs = page.locator(f"#{prefix}-inputs").bounding_box()
+        prompt = page.locator(f"#{prefix}-prompt").bounding_box()
+        for name in ("preview", "video", "info"):
+            box = page.locator(f"#{prefix}-{name}").bounding_box()
+            assert box["x"] >= inputs["x"] + inputs["width"] - 1, (name, box, inputs)
+        # Side by side, not stacked: the preview starts level with the top of the inputs.
+        preview = page.locator(f"#{prefix}-preview").bounding_box()
+        assert preview["y"] < prompt["y"] + prompt["height"], (preview, prompt)
+    assert screenshot(page, "i2v-columns.png").stat().st_size > 0
+
+
+# Records every distinct src of a tab's live preview, and whether its video was still missing
+# (the job running) when it showed, into window.__previews.
+WATCH_PREVIEWS = """(prefix) => {
+    window.__previews = [];
+    const record = () => {
+        const img = document.querySelector(`#${prefix}-preview img`);
+        const src = img ? img.getAttribute('src') : '';
+        const running = !document.querySelector(`#${prefix}-video video`);
+        if (src && !window.__previews.some(p => p.src === src)) {
+            window.__previews.push({src, running});
+        }
+    };
+    new MutationObserver(record).observe(document.body, {subtree: true, childList: true,
+                                                         attributes: true,
+                                                         attributeFilter: ['src']});
+}"""
+
+
+def test_preview_changes_while_the_job_denoises(page, backend_defaults, tmp_path):
+    # Fastvideo (I2V tab): 50 steps of 33 frames at 128x128 last several seconds; the backend
+    # makes a preview about twice a second, 32x32 (twice the latent's size).
+    upload_image(page, tmp_path)
+    cancel = page.locator("#i2v-cancel")
+    sync_api.expect(cancel).to_be_disabled()
+    open_advanced(page, "i2v", backend_defaults["i2v"], PREVIEW_WATCH)
+    page.locator("#i2v-prompt textarea").fill("A preview that changes as it denoises.")
+    page.evaluate(WATCH_PREVIEWS, "i2v")
+    page.locator("#i2v-run").click()
+    sync_api.expect(cancel).to_be_enabled()
+    wait_for_video(page, "i2v")
+    sync_api.expect(cancel).to_be_disabled()
+    previews = page.evaluate("window.__previews")
+    assert len([p for p in previews if p["running"]]) >= 2, previews
+    # The last preview stays with the video.
+    img = page.locator("#i2v-preview img")
+    sync_api.expect(img).to_be_visible()
+    size = img.evaluate("i => [i.naturalWidth, i.naturalHeight]")
+    assert size == [PREVIEW_WATCH["width"] // 4, PREVIEW_WATCH["height"] // 4], size
+    assert screenshot(page, "i2v-preview.png").stat().st_size > 0

@@ -15,11 +15,13 @@ import gradio as gr
 from PIL import Image, ImageDraw
 
 from videoserve.ui.handlers import (
+    CANCEL_LABEL,
     FALLBACK,
     HISTORY_COLUMNS,
     MAX_LORAS,
     NO_LORA,
     NO_LORA_CHOICE,
+    PREVIEW_POLL_S,
     Handlers,
     picked_loras,
     picker_values,
@@ -140,34 +142,47 @@ def _lora_picker(task: str) -> dict[str, Any]:
     return {"note": note, "refresh": refresh, "rows": rows}
 
 
-def _outputs(prefix: str) -> tuple[gr.Video, gr.Markdown]:
+def _outputs(prefix: str) -> tuple[gr.Image, gr.Video, gr.Markdown]:
+    # Gradio keeps a copy of each preview; WebP, as the backend sends it (PIL decodes it first).
+    preview = gr.Image(label="Live preview", type="pil", format="webp", interactive=False,
+                       elem_id=f"{prefix}-preview")
     video = gr.Video(label="Generated video", elem_id=f"{prefix}-video", autoplay=True)
     info = gr.Markdown(elem_id=f"{prefix}-info")
-    return video, info
+    return preview, video, info
 
 
 def _task_tab(task: str, title: str, model: str | None, assets: Path) -> dict[str, Any]:
+    """Two columns, as in Gradio's demos: the inputs left; the live preview, the video and its
+    description right (stacked below the inputs in a narrow window)."""
     with gr.Tab(title, id=task) as tab:
         # Filled from the backend's /v1/models on load and every few seconds (models can be
         # switched while the backend runs); the flag's value shows until then.
         model_line = gr.Markdown(f"Model: `{model}`" if model else "Model: …",
                                  elem_id=f"{task}-model")
-        image = (gr.Image(label="Input image", type="filepath", elem_id="i2v-image")
-                 if task == "i2v" else None)
-        prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{task}-prompt")
-        with gr.Row():
-            run = gr.Button("Run", variant="primary", elem_id=f"{task}-run")
-            cancel = gr.Button("Cancel", variant="stop", elem_id=f"{task}-cancel")
-        loras = _lora_picker(task)
-        params = _advanced(task)
-        video, info = _outputs(task)
-        if task == "t2v":
-            gr.Examples(T2V_EXAMPLES, inputs=[prompt], label="Example prompts")
-        else:
-            gr.Examples([[p, example_image(k, assets)] for p, k in I2V_EXAMPLES],
-                        inputs=[prompt, image], label="Examples")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, elem_id=f"{task}-inputs"):
+                image = (gr.Image(label="Input image", type="filepath", elem_id="i2v-image")
+                         if task == "i2v" else None)
+                prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{task}-prompt")
+                with gr.Row():
+                    run = gr.Button("Run", variant="primary", elem_id=f"{task}-run")
+                    # Enabled while this page's job of the tab is queued or running.
+                    cancel = gr.Button(CANCEL_LABEL, variant="stop", interactive=False,
+                                       elem_id=f"{task}-cancel")
+                loras = _lora_picker(task)
+                params = _advanced(task)
+                if task == "t2v":
+                    gr.Examples(T2V_EXAMPLES, inputs=[prompt], label="Example prompts")
+                else:
+                    gr.Examples([[p, example_image(k, assets)] for p, k in I2V_EXAMPLES],
+                                inputs=[prompt, image], label="Examples")
+            with gr.Column(scale=1, elem_id=f"{task}-outputs"):
+                preview, video, info = _outputs(task)
+        # Ticks while a job of the tab runs: shows the newest preview its run fetched.
+        timer = gr.Timer(PREVIEW_POLL_S, active=False)
     return {"tab": tab, "prompt": prompt, "image": image, "run": run, "cancel": cancel,
-            "params": params, "loras": loras, "video": video, "info": info, "model": model_line}
+            "params": params, "loras": loras, "preview": preview, "video": video,
+            "info": info, "model": model_line, "timer": timer}
 
 
 def _history_tab() -> dict[str, Any]:
@@ -215,14 +230,11 @@ def _wire(demo: gr.Blocks, handlers: Handlers, status: gr.Markdown, tabs: gr.Tab
                   outputs=[p[0], *p[3:]], api_name=False)
         _wire_loras(demo, handlers, task, tab)
 
-    def cancel_t2v(request: gr.Request) -> None:
-        handlers.cancel("t2v", request.session_hash)
+    def cancel_t2v(request: gr.Request):
+        return handlers.cancel("t2v", request.session_hash)
 
-    def cancel_i2v(request: gr.Request) -> None:
-        handlers.cancel("i2v", request.session_hash)
-
-    t2v["cancel"].click(cancel_t2v, api_name="cancel_t2v")
-    i2v["cancel"].click(cancel_i2v, api_name="cancel_i2v")
+    def cancel_i2v(request: gr.Request):
+        return handlers.cancel("i2v", request.session_hash)
 
     # The LoRA rows are named parameters (gradio_client callers see lora_1, strength_1 ...);
     # Gradio passes gr.Request and gr.Progress by position, so they cannot follow a *rows.
@@ -242,11 +254,11 @@ def _wire(demo: gr.Blocks, handlers: Handlers, status: gr.Markdown, tabs: gr.Tab
                          rows)
         return handlers.run("i2v", prompt, image, params, request.session_hash, progress)
 
-    t2v["run"].click(run_t2v, inputs=[t2v["prompt"], *t2v["params"], *t2v["loras"]["rows"]],
-                     outputs=[t2v["video"], t2v["info"], seed_out], api_name="generate_t2v")
-    i2v["run"].click(run_i2v, inputs=[i2v["prompt"], i2v["image"], *i2v["params"],
-                                      *i2v["loras"]["rows"]],
-                     outputs=[i2v["video"], i2v["info"], seed_out], api_name="generate_i2v")
+    inputs = {"t2v": [t2v["prompt"], *t2v["params"], *t2v["loras"]["rows"]],
+              "i2v": [i2v["prompt"], i2v["image"], *i2v["params"], *i2v["loras"]["rows"]]}
+    for task, tab, run, cancel in (("t2v", t2v, run_t2v, cancel_t2v),
+                                   ("i2v", i2v, run_i2v, cancel_i2v)):
+        _wire_run(handlers, task, tab, run, cancel, inputs[task], seed_out)
 
     def select(all_jobs: list, evt: gr.SelectData):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
@@ -260,6 +272,32 @@ def _wire(demo: gr.Blocks, handlers: Handlers, status: gr.Markdown, tabs: gr.Tab
     form = lambda tab: [tab["prompt"], *tab["params"], *tab["loras"]["rows"]]  # noqa: E731
     history["reuse"].click(_reuse, inputs=[jobs, selected],
                            outputs=[tabs, *form(t2v), *form(i2v)], api_name=False)
+
+
+def _wire_run(handlers: Handlers, task: str, tab: dict, run, cancel, inputs: list,
+              seed_out: gr.Number) -> None:
+    """Run: clear the preview and enable Cancel, follow the job (the API endpoint
+    generate_{task}: video, description, seed), then Cancel idles again. The timer shows the
+    previews the run fetches meanwhile. Cancel shows "Cancelling…" until the run ends."""
+    def started(request: gr.Request):
+        return handlers.started(task, request.session_hash)
+
+    def ended(request: gr.Request):
+        return handlers.ended(task, request.session_hash)
+
+    def preview(request: gr.Request):
+        return handlers.preview(task, request.session_hash)
+
+    around = [tab["preview"], tab["cancel"], tab["timer"]]
+    quiet = {"api_name": False, "show_progress": "hidden"}
+    tab["run"].click(started, outputs=around, queue=False, **quiet).then(
+        run, inputs=inputs, outputs=[tab["video"], tab["info"], seed_out],
+        api_name=f"generate_{task}").then(ended, outputs=around, **quiet)
+    tab["timer"].tick(preview, outputs=tab["preview"], concurrency_limit=None, **quiet)
+    # Both at once (not chained: the cancel must not wait for the label's round trip).
+    tab["cancel"].click(handlers.cancelling, outputs=tab["cancel"], queue=False, **quiet)
+    tab["cancel"].click(cancel, outputs=tab["cancel"], api_name=f"cancel_{task}",
+                        show_progress="hidden")
 
 
 def _wire_loras(demo: gr.Blocks, handlers: Handlers, task: str, tab: dict) -> None:

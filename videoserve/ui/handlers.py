@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from PIL import Image
 
 from videoserve.client import BackendError, VideoClient
 
@@ -29,6 +32,10 @@ MAX_LORAS = 4  # the backend's limit per request: the picker has this many rows
 # The "none" choice of a LoRA row: a single-choice Dropdown cannot be emptied otherwise.
 NO_LORA = ""
 NO_LORA_CHOICE = ("none", NO_LORA)
+# The backend makes a new live preview at most about twice a second: asking more often is waste.
+PREVIEW_POLL_S = 0.5
+CANCEL_LABEL, CANCELLING_LABEL = "Cancel", "Cancelling…"
+FINAL = ("completed", "failed", "cancelled")
 
 
 def loras_text(loras: Sequence[dict[str, Any]]) -> str:
@@ -139,6 +146,31 @@ def model_line(model: dict[str, Any] | None) -> str:
     return line
 
 
+class PreviewPoller:
+    """Fetches a job's newest live preview from the run's poll loop: at most every
+    PREVIEW_POLL_S while it runs, once more when it is final (the last one may have come after
+    the last poll); a preview is returned once, the step it shows must be new."""
+
+    def __init__(self, client: VideoClient, job_id: str):
+        self.client, self.job_id = client, job_id
+        self.step: int | None = None
+        self.asked_at = float("-inf")
+
+    def poll(self, status: str) -> tuple[int, bytes] | None:
+        now = time.monotonic()
+        if status == "queued" or (status not in FINAL and now - self.asked_at < PREVIEW_POLL_S):
+            return None
+        self.asked_at = now
+        try:
+            answer = self.client.preview(self.job_id)
+        except BackendError:
+            return None  # no preview is no reason to fail the run
+        if answer is None or answer[0] == self.step:
+            return None
+        self.step = answer[0]
+        return answer
+
+
 class Handlers:
     """Everything the UI's buttons do."""
 
@@ -149,6 +181,14 @@ class Handlers:
         self.downloads.mkdir(parents=True, exist_ok=True)
         # The job each browser session is running, per task (for the Cancel buttons).
         self._running: dict[str, dict[str, str]] = defaultdict(dict)
+        # The newest live preview a run fetched that its tab has not shown yet, per
+        # (session, task): (step, WebP bytes). The run's poll loop puts, the tab's timer takes.
+        self._previews: dict[tuple[str, str], tuple[int, bytes]] = {}
+        # The (session, task)s whose page shows a run under way (from its Run click until the
+        # run returns), and those whose Cancel was clicked before the job was submitted.
+        self._armed: set[tuple[str, str]] = set()
+        self._cancel_asked: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
 
     def status(self) -> str:
         try:
@@ -228,10 +268,22 @@ class Handlers:
             raise gr.Error("Upload an image first.")
         try:
             job = self.client.submit(prompt, image=image, model_type=task, **params)
-            self._running[session][task] = job["id"]
+            with self._lock:
+                self._running[session][task] = job["id"]
+                asked = (session, task) in self._cancel_asked
+                self._cancel_asked.discard((session, task))
+            if asked:  # Cancel was clicked while the run waited in the UI's queue
+                self.client.cancel(job["id"])
             progress(0, desc="Queued")
-            job = self.client.wait(job["id"], poll_s=0.2, on_progress=lambda j: progress(
-                j["progress"] / 100, desc=progress_text(j)))
+            previews = PreviewPoller(self.client, job["id"])
+
+            def follow(j: dict[str, Any]) -> None:
+                progress(j["progress"] / 100, desc=progress_text(j))
+                newest = previews.poll(j["status"])
+                if newest is not None:
+                    self._previews[(session, task)] = newest
+
+            job = self.client.wait(job["id"], poll_s=0.2, on_progress=follow)
             if job["status"] == "cancelled":
                 at = (job.get("cancellation") or {}).get("stopped_at_step")
                 where = f" at step {at}" if at is not None else " before it started"
@@ -244,15 +296,56 @@ class Handlers:
         finally:
             self._running[session].pop(task, None)
 
-    def cancel(self, task: str, session: str) -> None:
-        job_id = self._running.get(session, {}).get(task)
+    def started(self, task: str, session: str) -> list[Any]:
+        """Updates for [preview, Cancel, timer] as the tab's Run is clicked: the last job's
+        preview goes, Cancel can be clicked, the timer shows the new previews."""
+        self._previews.pop((session, task), None)
+        with self._lock:
+            self._armed.add((session, task))
+            self._cancel_asked.discard((session, task))
+        return [None, gr.update(value=CANCEL_LABEL, interactive=True), gr.Timer(active=True)]
+
+    def preview(self, task: str, session: str) -> Any:
+        """The tab's timer tick: the newest preview its run fetched, if not shown yet."""
+        newest = self._previews.pop((session, task), None)
+        if newest is None:
+            return gr.update()
+        return Image.open(io.BytesIO(newest[1]))
+
+    def ended(self, task: str, session: str) -> list[Any]:
+        """Updates for [preview, Cancel, timer] once the tab's run has returned (the job is
+        final, or never started): its last preview stays, Cancel is idle again."""
+        with self._lock:
+            self._armed.discard((session, task))
+            self._cancel_asked.discard((session, task))
+        return [self.preview(task, session),
+                gr.update(value=CANCEL_LABEL, interactive=False), gr.Timer(active=False)]
+
+    @staticmethod
+    def cancelling() -> Any:
+        """The Cancel button from its click until the run ends (or the cancel fails)."""
+        return gr.update(value=CANCELLING_LABEL, interactive=False)
+
+    def cancel(self, task: str, session: str) -> Any:
+        """Ask the backend to cancel the session's job of this task; an update for the Cancel
+        button (it shows CANCELLING_LABEL from the click until the run ends)."""
+        with self._lock:
+            job_id = self._running.get(session, {}).get(task)
+            if job_id is None and (session, task) in self._armed:
+                # Run was clicked but its job is not submitted yet: the run cancels it then.
+                self._cancel_asked.add((session, task))
+                return gr.update()
         if job_id is None:
             gr.Info("Nothing is running.")
-            return
+            return gr.update(value=CANCEL_LABEL, interactive=False)
         try:
+            # Either answer is fine: the job cancelled already, or still in_progress with
+            # cancellation.requested_at set; the run's poll loop sees it become final.
             self.client.cancel(job_id)
         except BackendError as exc:
-            raise gr.Error(f"Backend error: {exc.message}") from None
+            gr.Warning(f"Backend error: {exc.message}")
+            return gr.update(value=CANCEL_LABEL, interactive=True)
+        return gr.update()
 
     def history(self) -> tuple[list[list[Any]], list[dict[str, Any]]]:
         try:
