@@ -292,6 +292,10 @@ class Settings:
     # Host names the API answers to besides loopback and the address a connection arrived on
     # ("*": any); other Host headers get 421 (DNS rebinding, see videoserve.http.hosts).
     allowed_hosts: tuple[str, ...] = ()
+    # Webhook receivers allowed besides https URLs of public addresses (any address, http too).
+    webhook_allow_hosts: tuple[str, ...] = ()
+    # The first wait before a failed webhook delivery is retried (then doubling, for 24 h).
+    webhook_retry_initial_s: float = 5.0
     # One per backend start: an ingress that Serve restarts within the same run keeps the
     # models switched at runtime; a new run starts from these settings' models.
     run_id: str = field(default_factory=lambda: secrets.token_hex(8))

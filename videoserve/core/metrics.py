@@ -80,8 +80,16 @@ class ServiceMetrics(JobObserver):
         self.step_rate = Histogram("videoserve_denoising_steps_per_second", "Denoising speed "
                                    "of each job", labels, buckets=STEPS_PER_SECOND_BUCKETS,
                                    registry=self.registry)
+        self.webhook_deliveries = Counter(
+            "videoserve_webhook_deliveries", "Webhook delivery attempts by event type and "
+            "result (delivered, failed, refused by the URL policy; expired: given up)",
+            ["event_type", "result"], registry=self.registry)
         self.registry.register(_ScrapeGauges(self.models, counts, replica_states))
         self._live: dict[str, _Timing] = {}
+
+    def on_webhook(self, event_type: str, result: str) -> None:
+        """A webhook delivery attempt ended with ``result`` (see videoserve.core.webhooks)."""
+        self.webhook_deliveries.labels(event_type, result).inc()
 
     def exposition(self) -> bytes:
         """Every metric in the Prometheus text format (``CONTENT_TYPE``)."""

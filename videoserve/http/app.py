@@ -14,9 +14,10 @@ from starlette.middleware.cors import CORSMiddleware
 from videoserve import __version__
 from videoserve.core.metrics import ServiceMetrics
 from videoserve.core.service import VideoService
+from videoserve.core.webhooks import WebhookDispatcher
 from videoserve.http.body_limits import BodyBudget, BodyRules, BodySizeLimit
 from videoserve.http.errors import install_error_handlers
-from videoserve.http.routes import generate, health, loras, models, videos
+from videoserve.http.routes import generate, health, loras, models, videos, webhooks
 from videoserve.http.routes.deps import PlacementFn, ReadinessFn
 from videoserve.http.security import ApiKeyAuth, RequestGuard
 from videoserve.http.video_file import VideoFile
@@ -46,8 +47,10 @@ def add_middlewares(app: FastAPI, settings: Any) -> None:
 
 def create_app(service: VideoService, readiness: ReadinessFn,
                metrics: ServiceMetrics | None = None,
-               placement: PlacementFn | None = None) -> FastAPI:
-    """The service's FastAPI app (OpenAPI at /docs; Prometheus metrics at /metrics if given)."""
+               placement: PlacementFn | None = None,
+               webhook_dispatcher: WebhookDispatcher | None = None) -> FastAPI:
+    """The service's FastAPI app (OpenAPI at /docs; Prometheus metrics at /metrics if given;
+    /v1/webhook_endpoints with a ``videoserve.core.webhooks.WebhookDispatcher``)."""
     app = FastAPI(
         title="videoserve",
         version=__version__,
@@ -56,6 +59,7 @@ def create_app(service: VideoService, readiness: ReadinessFn,
     # What the routes' dependencies (videoserve.http.routes.deps) hand to the handlers.
     app.state.service, app.state.readiness = service, readiness
     app.state.metrics, app.state.placement = metrics, placement
+    app.state.webhooks = webhook_dispatcher
     install_error_handlers(app)
     add_middlewares(app, service.settings)
     # In this order: it is the order of the OpenAPI document's paths.
@@ -68,6 +72,8 @@ def create_app(service: VideoService, readiness: ReadinessFn,
         app.include_router(health.metrics_router)
     if placement is not None:
         app.include_router(models.placement_router)
+    if webhook_dispatcher is not None:
+        app.include_router(webhooks.router)
     document_head(app)
     return app
 

@@ -263,3 +263,73 @@ class Placement(Described):
 
 class Health(BaseModel):
     status: Literal["ok"]
+
+
+# -- webhooks (the shapes of the openai SDK's types/webhooks) -----------------------------------
+
+class WebhookEndpointCreate(BaseModel):
+    """Body of POST /v1/webhook_endpoints."""
+
+    name: str = Field(min_length=1, max_length=256)
+    url: str = Field(min_length=1, max_length=2048,
+                     description="https URL of a public address (or a --webhook_allow_hosts host)")
+    event_types: list[str] = Field(min_length=1, max_length=16,
+                                   description="video.completed, video.failed, video.cancelled")
+
+
+class WebhookEndpointUpdate(BaseModel):
+    """Body of POST /v1/webhook_endpoints/{id}: the fields given are changed."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=256)
+    url: str | None = Field(default=None, min_length=1, max_length=2048)
+    event_types: list[str] | None = Field(default=None, min_length=1, max_length=16)
+
+
+class WebhookRotateSecret(BaseModel):
+    keep_old_secret_active_for_24_hours: bool = False
+
+
+class WebhookTestRequest(BaseModel):
+    event_type: str
+
+
+class WebhookEndpointObject(Described):
+    id: str
+    object: Literal["webhook_endpoint"] = "webhook_endpoint"
+    name: str
+    url: str
+    event_types: list[str]
+    created_at: int
+    updated_at: int | None
+    signing_secret_hint: str | None
+
+
+class WebhookEndpointWithSecret(WebhookEndpointObject):
+    signing_secret: str = Field(description="whsec_...; shown only at creation and rotation")
+
+
+class WebhookEndpointList(Described):
+    object: Literal["list"] = "list"
+    data: list[WebhookEndpointObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class WebhookEndpointDeleted(Described):
+    id: str
+    object: Literal["webhook_endpoint.deleted"] = "webhook_endpoint.deleted"
+    deleted: bool
+
+
+class WebhookEndpointTestResult(Described):
+    object: Literal["webhook_endpoint.test"] = "webhook_endpoint.test"
+    webhook_endpoint_id: str
+    event_type: str
+    status_code: int = Field(description="the receiver's answer")
+    success: Literal[True] = True
+
+
+class WebhookEventTypeList(Described):
+    object: Literal["list"] = "list"
+    data: list[str]

@@ -159,6 +159,13 @@ def add_access_flags(parser: argparse.ArgumentParser) -> None:
                              "e.g. the name clients reach it by, besides loopback, the --host "
                              "name (with 0.0.0.0 or ::, this machine's names) and the addresses "
                              "it listens on; others get 421 (DNS rebinding). '*': any host")
+    parser.add_argument("--webhook_allow_hosts", default="",
+                        help="comma-separated hosts (names or addresses, e.g. 127.0.0.1) that "
+                             "webhook endpoints may use whatever they resolve to, over http "
+                             "too; default: only https URLs of public addresses")
+    parser.add_argument("--webhook_retry_initial_s", type=float, default=None,
+                        help="seconds before a failed webhook delivery is first retried "
+                             "(then doubling, for up to 24 h; default 5)")
 
 
 def api_keys(args: argparse.Namespace) -> tuple[str, ...]:
@@ -190,6 +197,22 @@ def allowed_hosts(args: argparse.Namespace) -> tuple[str, ...]:
             raise ConfigError(f"--allowed_hosts: {host!r} is not a host name or address "
                               "(name, name:port, an IPv4 address or [IPv6 address]) or '*'")
     return tuple(dict.fromkeys([*default_allowed_hosts(args.host), *given]))
+
+
+def webhook_allow_hosts(args: argparse.Namespace) -> tuple[str, ...]:
+    """The hosts of --webhook_allow_hosts (lower case, IPv6 without brackets)."""
+    given = getattr(args, "webhook_allow_hosts", "") or ""
+    return tuple(dict.fromkeys(h.strip().lower().strip("[]") for h in given.split(",")
+                               if h.strip()))
+
+
+def webhook_retry_initial_s(args: argparse.Namespace) -> float:
+    value = getattr(args, "webhook_retry_initial_s", None)
+    if value is None:
+        return Settings.webhook_retry_initial_s  # the default
+    if not 0 < value <= 3600:
+        raise ConfigError("--webhook_retry_initial_s: between 0 and 3600 seconds")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,7 +277,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     allowed_hosts=allowed_hosts(args),
                     admin_api_keys=admin_api_keys(args), model_dir=model_dir,
                     allow_model_management=args.allow_model_management,
-                    recover_jobs=args.recover_jobs)
+                    recover_jobs=args.recover_jobs,
+                    webhook_allow_hosts=webhook_allow_hosts(args),
+                    webhook_retry_initial_s=webhook_retry_initial_s(args))
 
 
 def with_model_defaults(specs: dict[Task, ModelSpec],

@@ -111,10 +111,20 @@ class Ingress:
         self.metrics = ServiceMetrics(
             lambda: {t: s.model for t, s in self.service.current_specs().items()},
             lambda t: self.service.runner.counts(t), self.models.readiness)
+        from videoserve.core.webhooks import ObserverFanOut, WebhookDispatcher
+
+        observers = ObserverFanOut(self.metrics)
         self.service = VideoService(settings, self._dispatch, self.models,
-                                    self._request_cancel, self.metrics, local_model_folder)
+                                    self._request_cancel, observers, local_model_folder)
+        # After the service: its job table checks the database file before anything writes.
+        self.webhooks = WebhookDispatcher(settings.output_path / "jobs.sqlite3",
+                                          settings.webhook_allow_hosts,
+                                          settings.webhook_retry_initial_s,
+                                          on_result=self.metrics.on_webhook)
+        observers.add(self.webhooks)
         # The constructor runs on the replica's event loop: the runner's tasks live there.
         self.service.start()
+        self.webhooks.start()
         loop = asyncio.get_running_loop()
         self._models_started = loop.create_task(self._start_models())
         self._poller = loop.create_task(self._poll_readiness())
@@ -229,7 +239,8 @@ class Ingress:
     def __serve_build_asgi_app__(self) -> Any:
         from videoserve.http.app import create_app
 
-        return create_app(self.service, self._readiness, self.metrics, self.placement)
+        return create_app(self.service, self._readiness, self.metrics, self.placement,
+                          self.webhooks)
 
 
 def ingress_actor_options(node_id: str | None) -> dict[str, Any]:

@@ -43,7 +43,7 @@ FORWARDED = ("preset", "engine", "t2v_model_path", "i2v_model_path", "tasks", "r
              "input_path", "ray_address", "num_cpus", "metrics_export_port",
              "generator_resources", "cors_origins", "model_dir", "allowed_hosts",
              "lora_dir", "lora_max_mb", "t2v_lora", "i2v_lora", "t2v_defaults",
-             "i2v_defaults")
+             "i2v_defaults", "webhook_allow_hosts", "webhook_retry_initial_s")
 SWITCHES = ("allow_model_management", "recover_jobs", "no_preview")  # forwarded when given
 
 
