@@ -24,13 +24,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from videoserve.core.loras import read_header
 from videoserve.devtools.model_sizes import SIZES
 from videoserve.devtools.tiny_models import (
     MARKER_NAME,
@@ -82,7 +82,9 @@ def lora_targets(model_folder: Path) -> list[LoraTarget]:
     """The adapted layers of the DiT in ``model_folder``, from the safetensors headers only."""
     targets = []
     for file in _transformer_weight_files(Path(model_folder)):
-        for key, entry in read_safetensors_header(file).items():
+        for key, entry in read_header(file).items():
+            if key == "__metadata__":
+                continue
             target = _target_for(key, entry["shape"], entry["dtype"])
             if target is not None:
                 targets.append(target)
@@ -180,21 +182,6 @@ def _transformer_weight_files(model_folder: Path) -> list[Path]:
     if (folder / WEIGHTS_NAME).is_file():
         return [folder / WEIGHTS_NAME]
     return sorted(p for p in folder.glob("*.safetensors") if p.name != EXTRA_WEIGHTS_NAME)
-
-
-def read_safetensors_header(path: Path) -> dict[str, dict[str, Any]]:
-    """``{tensor name: {"dtype": "BF16", "shape": [...], ...}}`` of a .safetensors file.
-
-    Parsed by hand rather than with ``safe_open(framework="pt")``, which maps the whole file
-    into memory (a 33 GB single-file DiT fails to map on a host with less RAM).
-    """
-    with open(path, "rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        if length > 100_000_000:
-            raise ValueError(f"{path}: not a safetensors file (header length {length})")
-        header = json.loads(handle.read(length))
-    header.pop("__metadata__", None)
-    return header
 
 
 def _target_for(key: str, shape: list[int], dtype_code: str) -> LoraTarget | None:

@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from videoserve.core.loras import Layout, LoraError, natural_key, read_layout
+from videoserve.core.loras import Layout, LoraError, natural_key, read_header, read_layout
 from videoserve.engines.base import GenerationError, LoraFile
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,6 @@ CACHED_LORAS = 2
 def read_lora(lora: LoraFile) -> tuple[Layout, dict[str, Any]]:
     """The file's layout and tensors (CPU); GenerationError when it changed since admission
     or is not a LoRA."""
-    import json
-    import struct
-
     from safetensors.torch import load
 
     try:
@@ -52,15 +49,14 @@ def read_lora(lora: LoraFile) -> tuple[Layout, dict[str, Any]]:
                               f"{exc.strerror}") from None
     with os.fdopen(fd, "rb") as handle:
         data = handle.read()
-    if hashlib.sha256(data).hexdigest() != lora.sha256:
-        raise GenerationError(f"LoRA {lora.id!r} changed since this job was submitted (its "
-                              "sha256 differs); submit the job again")
-    try:
-        (length,) = struct.unpack("<Q", data[:8])
-        layout = read_layout(json.loads(data[8: 8 + length]))
-        return layout, load(data)
-    except (LoraError, ValueError, struct.error) as exc:
-        raise GenerationError(f"LoRA {lora.id!r} is not usable: {exc}") from None
+        if hashlib.sha256(data).hexdigest() != lora.sha256:
+            raise GenerationError(f"LoRA {lora.id!r} changed since this job was submitted (its "
+                                  "sha256 differs); submit the job again")
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            return read_layout(read_header(lora.path, fd)), load(data)
+        except (LoraError, ValueError) as exc:
+            raise GenerationError(f"LoRA {lora.id!r} is not usable: {exc}") from None
 
 
 def renamed(mapping: dict[str, str]) -> Callable[[str], str]:
