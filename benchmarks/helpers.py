@@ -136,6 +136,33 @@ def _wait_ready(proc: subprocess.Popen, url: str, timeout: float) -> None:
     raise TimeoutError(f"the backend was not ready within {timeout:.0f} s")
 
 
+def deploy_in_process(settings, app: str, gpus: int) -> str:
+    """Deploy ``settings`` (a ``videoserve.core.config.Settings``) in this process's Ray, as the
+    backend would, and wait for /ready; the service's URL. ``gpus`` 0: the CPU (tiny models),
+    this process's Ray gets 4 CPUs; else 8 CPUs and the GPUs, the replicas' logs shown here."""
+    import ray
+    from ray import serve
+
+    from videoserve.serve.deployments import deploy
+
+    if gpus:
+        ray.init(num_cpus=8, num_gpus=gpus, include_dashboard=False, log_to_driver=True)
+    else:
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    started = time.perf_counter()
+    models = ", ".join(f"{task}: {spec.model} ({spec.engine}, defaults {spec.defaults}, LoRAs "
+                       f"{spec.loras})" for task, spec in settings.models.items())
+    log(f"deploying {models}")
+    deploy(settings, app, "/")
+    url = f"http://127.0.0.1:{port}"
+    while requests.get(url + "/ready", timeout=30).status_code != 200:
+        time.sleep(0.5)
+    log(f"ready in {time.perf_counter() - started:.1f} s")
+    return url
+
+
 def follow_job(url: str, job: dict) -> tuple[dict, float | None]:
     """Poll a ``/v1/videos`` job to its end; also the median seconds between the steps its
     progress showed (None with fewer than two steps seen)."""

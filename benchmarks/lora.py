@@ -37,7 +37,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import ROOT, environment, follow_job, free_port, log  # noqa: E402
+from helpers import ROOT, deploy_in_process, environment, follow_job, log  # noqa: E402
 
 
 def lora_folder(model: Path, task: str, folder: Path) -> tuple[str, str]:
@@ -50,35 +50,21 @@ def lora_folder(model: Path, task: str, folder: Path) -> tuple[str, str]:
 
 
 def deploy_model(args, folder: Path, default_lora: str, out: Path) -> str:
-    import ray
-    from ray import serve
-
     from videoserve.core.config import Settings, parse_defaults
-    from videoserve.serve.deployments import deploy
     from videoserve.serve.presets import build_specs
 
     if args.tiny:
         specs = build_specs("tiny", gpu_count=0, tasks=(args.task,))
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     else:
         specs = build_specs("fastwan", gpu_count=1, tasks=(args.task,),
                             **{f"{args.task}_model": str(args.model)})
-        # The replica's log (each LoRA merge and its seconds) is shown here.
-        ray.init(num_cpus=8, num_gpus=1, include_dashboard=False, log_to_driver=True)
     spec = specs[args.task]
     if args.defaults:
         spec = replace(spec, defaults=parse_defaults(args.defaults, spec, "--defaults"))
     spec = replace(spec, loras=((default_lora, 1.0),), synthetic=True)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    started = time.perf_counter()
-    log(f"deploying {spec.model} ({spec.engine}, defaults {spec.defaults}, LoRAs {spec.loras})")
-    deploy(Settings(models={args.task: spec}, output_path=out, lora_dir=folder), "lora", "/")
-    url = f"http://127.0.0.1:{port}"
-    while requests.get(url + "/ready", timeout=30).status_code != 200:
-        time.sleep(0.5)
-    log(f"ready in {time.perf_counter() - started:.1f} s")
-    return url
+    # On the GPU the replica's log (each LoRA merge and its seconds) is shown here.
+    return deploy_in_process(Settings(models={args.task: spec}, output_path=out,
+                                      lora_dir=folder), "lora", gpus=0 if args.tiny else 1)
 
 
 def body_for(args, seed: int) -> dict:
