@@ -34,9 +34,10 @@ CANCEL = {"frames": 33, "height": 256, "width": 256, "steps": 50}
 # frames, so the UI's progress polls see several steps even on a loaded machine (30 steps of 9
 # frames once showed only one).
 FASTVIDEO_WATCH = {"frames": 17, "height": 128, "width": 128, "steps": 50}
-# Twice the frames (twice as long a step, the same 32x32 previews): on a loaded machine 17
-# frames once denoised within a single preview's interval.
-PREVIEW_WATCH = {**FASTVIDEO_WATCH, "frames": 33}
+# Four times the frames (four times as long a step, the same 32x32 previews): on a loaded
+# machine 17 frames once denoised within a single preview's interval, and 33 frames (about 2 s
+# of denoising) once within the UI's polls of a single preview.
+PREVIEW_WATCH = {**FASTVIDEO_WATCH, "frames": 65}
 
 VIDEO_LOADED = """id => {
     const video = document.querySelector(`#${id} video`);

@@ -14,11 +14,18 @@ from videoserve.engines.preview import MIN_INTERVAL_S, LatentPreview, fit_projec
 
 
 def ready(preview: LatentPreview, timeout: float = 120.0) -> LatentPreview:
-    deadline = time.monotonic() + timeout
-    while preview.matrix is None and time.monotonic() < deadline:
-        time.sleep(0.05)  # the fit runs on its own thread
-    assert preview.matrix is not None, "the projection was not fitted"
+    assert preview.wait(timeout), "the projection was not fitted"  # it runs on its own thread
+    assert preview.matrix is not None
     return preview
+
+
+def test_a_model_without_a_wan_vae_has_no_previews_and_waiting_ends(tmp_path):
+    (tmp_path / "vae").mkdir()  # no config, no weights: the fit fails on its thread
+    preview = LatentPreview(tmp_path)
+    begin = time.monotonic()
+    assert preview.wait(60) is False
+    assert time.monotonic() - begin < 30  # ended by the failure, not by the timeout
+    assert preview.matrix is None and preview.due(final=True) is False
 
 
 def test_the_projection_is_fitted_once_per_model(tiny_models):

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 MIN_INTERVAL_S = 0.5  # at most two previews a second, however fast the steps
 SCALE = 2  # the image is 2x the latent's size (a 480x832 video: 120x208)
+# How long a loaded engine waits for the fit before it says it is ready (seconds on a CPU; a
+# fit still running after that goes on, and the previews start when it is done).
+FIT_WAIT_S = 60.0
 _FITS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 _FIT_LOCK = threading.Lock()
 
@@ -75,13 +78,16 @@ def _fit(vae_folder: Path, samples: int, size: int) -> tuple[np.ndarray, np.ndar
 class LatentPreview:
     """Turns a denoiser's latents (batch, 16, frames, h, w) into preview WebP bytes.
 
-    The projection is fitted on a thread of its own, started here (at the engine's load): a
-    step never waits for it; until it is ready no preview is due."""
+    The projection is fitted on a thread of its own, started here: an engine makes this before
+    it loads its pipeline, so the fit overlaps the load, and waits for it (``wait``) before it
+    says it is ready, so a model's first job has previews too. A step never waits for it; until
+    it is ready no preview is due."""
 
     def __init__(self, model_folder: Path | str):
         self.matrix: np.ndarray | None = None
         self.bias: np.ndarray | None = None
         self._last = 0.0
+        self._fitted = threading.Event()  # set when the fit ended, fitted or not
         # Imported here, not on the thread: diffusers resolves its names lazily, and two
         # threads resolving them at once can see a half-initialised module.
         from diffusers import AutoencoderKLWan  # noqa: F401
@@ -95,6 +101,13 @@ class LatentPreview:
         except Exception:  # noqa: BLE001 - a model without a Wan VAE shows no previews
             log.exception("live previews are off for %s: the projection could not be fitted",
                           model_folder)
+        finally:
+            self._fitted.set()
+
+    def wait(self, timeout_s: float = FIT_WAIT_S) -> bool:
+        """Until the fit has ended (at most ``timeout_s``); whether previews can be made."""
+        self._fitted.wait(timeout_s)
+        return self.matrix is not None
 
     def due(self, final: bool = False) -> bool:
         """True when a preview is wanted now (at most every MIN_INTERVAL_S, and the last step)."""

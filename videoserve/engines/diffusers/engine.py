@@ -48,11 +48,13 @@ class DiffusersEngine(Engine):
         self.dtype = getattr(torch, dtype_name)
         if device == "cpu" and "num_threads" in options:
             torch.set_num_threads(int(options["num_threads"]))
-        self.pipe = load_diffusers_pipeline(model_path, task, self.dtype, device)
-        self.pipe.set_progress_bar_config(disable=True)
         from videoserve.engines.preview import LatentPreview
 
-        self.previewer = LatentPreview(model_path)  # live previews (fitted in the background)
+        # Live previews: the projection is fitted on its own thread while the pipeline loads.
+        self.previewer = LatentPreview(model_path)
+        self.pipe = load_diffusers_pipeline(model_path, task, self.dtype, device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.previewer.wait()  # the first job has previews too
         self._loras: Any = None  # a LoraMerger once a job asked for LoRAs
         self.last_lora_switch_s: float | None = None  # the last job's; None: nothing changed
 

@@ -73,13 +73,22 @@ def serve_forever(conn: Connection, model_path: str, options: dict[str, Any],
     executor = options.pop("executor", "in_process")
     hub_id = options.pop("hub_id", None)
     keep_frames = runtime.pop("keep_frames", False)  # benchmarks compare raw frames
+    previewer = None
     try:
         from videoserve.engines.fastvideo import adapter
 
         start = time.perf_counter()
+        if executor == "in_process":  # fastvideo's worker processes run the DiT: no previews
+            from videoserve.engines.preview import LatentPreview
+
+            previewer = LatentPreview(model_path)  # fitted on its own thread during the load
         timings: dict[str, float] = {}
         runner = adapter.load_runner(model_path, options, executor, timings, hub_id=hub_id,
                                      **runtime)
+        if previewer is not None and runner.latest_latents is not None:
+            previewer.wait()  # the first job has previews too
+        else:
+            previewer = None
         conn.send({"type": "ready", "load_time": time.perf_counter() - start,
                    "timings": timings, "version": adapter.check_version(),
                    "worker_pids": runner.worker_pids()})
@@ -87,11 +96,6 @@ def serve_forever(conn: Connection, model_path: str, options: dict[str, Any],
         conn.send({"type": "load_error", "message": f"{type(exc).__name__}: {exc}",
                    "traceback": traceback.format_exc()})
         return
-    previewer = None
-    if runner.latest_latents is not None:
-        from videoserve.engines.preview import LatentPreview
-
-        previewer = LatentPreview(model_path)  # fitted on its own thread while jobs run
     try:
         while (request := _next_request(conn)) is not None:
             if not _generate(conn, runner, request, cancel, keep_frames, previewer):
