@@ -136,6 +136,73 @@ def _wait_ready(proc: subprocess.Popen, url: str, timeout: float) -> None:
     raise TimeoutError(f"the backend was not ready within {timeout:.0f} s")
 
 
+def add_model_args(parser, default_task: str) -> None:
+    """The arguments of a benchmark that serves one model in-process: a full-size folder on the
+    GPU or the tiny model on the CPU, its task, the video's size, and where results go."""
+    from pathlib import Path
+
+    parser.add_argument("--model", type=Path, help="a full-size model folder (GPU)")
+    parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU")
+    parser.add_argument("--task", choices=["t2v", "i2v"], default=default_task)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--json", help="write the results here")
+
+
+def model_args(parser):
+    """Parsed arguments (see add_model_args); ``--tiny`` puts the tiny model in ``model``."""
+    args = parser.parse_args()
+    if args.tiny:
+        from videoserve.devtools.tiny_models import ensure_tiny_models
+
+        args.model = ensure_tiny_models()[args.task]
+    elif args.model is None:
+        parser.error("give --model (a full-size folder) or --tiny")
+    return args
+
+
+def model_spec(args):
+    """The ModelSpec the backend would deploy for ``args``: the tiny preset on the CPU, else the
+    fastwan preset's settings for the folder on one GPU (labelled synthetic)."""
+    from dataclasses import replace
+
+    from videoserve.serve.presets import build_specs
+
+    if args.tiny:
+        specs = build_specs("tiny", gpu_count=0, tasks=(args.task,))
+    else:
+        specs = build_specs("fastwan", gpu_count=1, tasks=(args.task,),
+                            **{f"{args.task}_model": str(args.model)})
+    return replace(specs[args.task], synthetic=True)
+
+
+def job_body(args, seed: int) -> dict:
+    """A ``POST /v1/videos`` body for ``args``' model (I2V: a plain picture of the video's size)."""
+    import base64
+    import io
+
+    body = {"prompt": "the picture moves", "model_type": args.task, "seed": seed}
+    if not args.tiny:
+        body.update(height=args.height, width=args.width, num_frames=args.frames)
+    if args.task == "i2v":
+        from PIL import Image
+
+        png = io.BytesIO()
+        size = (64, 64) if args.tiny else (args.width, args.height)
+        Image.new("RGB", size, (90, 120, 160)).save(png, format="PNG")
+        body["image"] = base64.b64encode(png.getvalue()).decode()
+    return body
+
+
+def scratch_folder():
+    """A temporary folder (under test-output/ where it exists), removed afterwards."""
+    import tempfile
+
+    base = ROOT / "test-output"
+    return tempfile.TemporaryDirectory(dir=base if base.is_dir() else None)
+
+
 def deploy_in_process(settings, app: str, gpus: int) -> str:
     """Deploy ``settings`` (a ``videoserve.core.config.Settings``) in this process's Ray, as the
     backend would, and wait for /ready; the service's URL. ``gpus`` 0: the CPU (tiny models),

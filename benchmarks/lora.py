@@ -24,12 +24,9 @@ LoRAs make noise videos: the times are real, the pictures are not.
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import json
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -37,7 +34,17 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import ROOT, deploy_in_process, environment, follow_job, log  # noqa: E402
+from helpers import (  # noqa: E402
+    add_model_args,
+    deploy_in_process,
+    environment,
+    follow_job,
+    job_body,
+    log,
+    model_args,
+    model_spec,
+    scratch_folder,
+)
 
 
 def lora_folder(model: Path, task: str, folder: Path) -> tuple[str, str]:
@@ -51,40 +58,20 @@ def lora_folder(model: Path, task: str, folder: Path) -> tuple[str, str]:
 
 def deploy_model(args, folder: Path, default_lora: str, out: Path) -> str:
     from videoserve.core.config import Settings, parse_defaults
-    from videoserve.serve.presets import build_specs
 
-    if args.tiny:
-        specs = build_specs("tiny", gpu_count=0, tasks=(args.task,))
-    else:
-        specs = build_specs("fastwan", gpu_count=1, tasks=(args.task,),
-                            **{f"{args.task}_model": str(args.model)})
-    spec = specs[args.task]
+    spec = model_spec(args)
     if args.defaults:
         spec = replace(spec, defaults=parse_defaults(args.defaults, spec, "--defaults"))
-    spec = replace(spec, loras=((default_lora, 1.0),), synthetic=True)
+    spec = replace(spec, loras=((default_lora, 1.0),))
     # On the GPU the replica's log (each LoRA merge and its seconds) is shown here.
     return deploy_in_process(Settings(models={args.task: spec}, output_path=out,
                                       lora_dir=folder), "lora", gpus=0 if args.tiny else 1)
 
 
-def body_for(args, seed: int) -> dict:
-    body = {"prompt": "the picture moves", "model_type": args.task, "seed": seed}
-    if not args.tiny:
-        body.update(height=args.height, width=args.width, num_frames=args.frames)
-    if args.task == "i2v":
-        from PIL import Image
-
-        png = io.BytesIO()
-        size = (64, 64) if args.tiny else (args.width, args.height)
-        Image.new("RGB", size, (90, 120, 160)).save(png, format="PNG")
-        body["image"] = base64.b64encode(png.getvalue()).decode()
-    return body
-
-
 def one_job(url: str, args, seed: int, loras: list | None) -> dict:
     from videoserve.serve.deployments import generator_handle
 
-    body = body_for(args, seed)
+    body = job_body(args, seed)
     if loras is not None:
         body["loras"] = loras
     begin = time.perf_counter()
@@ -138,24 +125,11 @@ def summary(jobs: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="a full-size model folder (GPU)")
-    parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU")
-    parser.add_argument("--task", choices=["t2v", "i2v"], default="i2v")
+    add_model_args(parser, default_task="i2v")
     parser.add_argument("--defaults", default=None, help="KEY=VALUE,... sampling defaults")
     parser.add_argument("--runs", type=int, default=2, help="base / LoRA pairs")
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=832)
-    parser.add_argument("--frames", type=int, default=81)
-    parser.add_argument("--json", help="write the results here")
-    args = parser.parse_args()
-    if args.tiny:
-        from videoserve.devtools.tiny_models import ensure_tiny_models
-
-        args.model = ensure_tiny_models()[args.task]
-    elif args.model is None:
-        parser.error("give --model (a full-size folder) or --tiny")
-    with tempfile.TemporaryDirectory(dir=ROOT / "test-output" if (ROOT / "test-output").is_dir()
-                                     else None) as tmp:
+    args = model_args(parser)
+    with scratch_folder() as tmp:
         folder = Path(tmp) / "loras"
         started = time.perf_counter()
         a, b = lora_folder(Path(args.model), args.task, folder)

@@ -25,51 +25,39 @@ random-weight models make noise videos: the times are real, the pictures are not
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import ROOT, deploy_in_process, environment, log  # noqa: E402
+from helpers import (  # noqa: E402
+    add_model_args,
+    deploy_in_process,
+    environment,
+    job_body,
+    log,
+    model_args,
+    model_spec,
+    scratch_folder,
+)
 
 
 def deploy_model(args, out: Path) -> str:
-    from dataclasses import replace
-
     from videoserve.core.config import Settings
-    from videoserve.serve.presets import build_specs
 
-    if args.tiny:
-        specs = build_specs("tiny", gpu_count=0, tasks=(args.task,))
-    else:
-        specs = build_specs("fastwan", gpu_count=1, tasks=(args.task,),
-                            **{f"{args.task}_model": str(args.model)})
-    spec = replace(specs[args.task], synthetic=True)
-    return deploy_in_process(Settings(models={args.task: spec}, output_path=out), "preview",
-                             gpus=0 if args.tiny else 1)
+    return deploy_in_process(Settings(models={args.task: model_spec(args)}, output_path=out),
+                             "preview", gpus=0 if args.tiny else 1)
 
 
 def body_for(args, seed: int, preview: bool) -> dict:
-    body = {"prompt": "the picture moves", "model_type": args.task, "seed": seed,
-            "preview": preview}
-    if not args.tiny:
-        body.update(height=args.height, width=args.width, num_frames=args.frames)
+    body = {**job_body(args, seed), "preview": preview}
     if args.steps:
         body["num_inference_steps"] = args.steps
-    if args.task == "i2v":
-        from PIL import Image
-
-        png = io.BytesIO()
-        size = (64, 64) if args.tiny else (args.width, args.height)
-        Image.new("RGB", size, (90, 120, 160)).save(png, format="PNG")
-        body["image"] = base64.b64encode(png.getvalue()).decode()
     return body
 
 
@@ -222,26 +210,14 @@ def summary(jobs: list[dict], preview: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="a full-size model folder (GPU)")
-    parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU")
-    parser.add_argument("--task", choices=["t2v", "i2v"], default="t2v")
+    add_model_args(parser, default_task="t2v")
     parser.add_argument("--steps", type=int, default=None, help="num_inference_steps per job")
     parser.add_argument("--pairs", type=int, default=3, help="jobs with and without previews")
     parser.add_argument("--repeats", type=int, default=20, help="timed previews")
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=832)
-    parser.add_argument("--frames", type=int, default=81)
-    parser.add_argument("--json", help="write the results here")
-    args = parser.parse_args()
+    args = model_args(parser)
     if args.tiny:
-        from videoserve.devtools.tiny_models import ensure_tiny_models
-
-        args.model = ensure_tiny_models()[args.task]
         args.steps = args.steps or 20
-    elif args.model is None:
-        parser.error("give --model (a full-size folder) or --tiny")
-    with tempfile.TemporaryDirectory(dir=ROOT / "test-output" if (ROOT / "test-output").is_dir()
-                                     else None) as tmp:
+    with scratch_folder() as tmp:
         url = deploy_model(args, Path(tmp) / "out")
         jobs = measure_jobs(url, args)
     from ray import serve

@@ -109,3 +109,26 @@ def test_a_file_changed_since_admission_is_refused(tmp_path):
     write(tmp_path / "a.safetensors", 2)  # replaced in the folder after the job was admitted
     with pytest.raises(GenerationError, match="changed since this job was submitted"):
         LoraMerger(Tiny(), RENAME).apply([lora])
+
+
+def test_originals_are_copied_into_a_few_aligned_buffers():
+    from videoserve.engines.lora import ALIGN, HOST_BUFFER_THREADS, HostBuffers, _groups
+
+    sizes = [100, 6, 4096, 1, 64, 3000, 10, 10, 500]
+    groups = _groups(sizes, 3)
+    assert 1 < len(groups) <= 3
+    assert [index for group in groups for index, _, _ in group] == list(range(len(sizes)))
+    for group in groups:
+        ends = [offset + size for _, offset, size in group]
+        for (_, offset, _), end in zip(group[1:], ends, strict=False):
+            assert offset % ALIGN == 0 and offset >= end  # aligned, never overlapping
+    torch.manual_seed(0)
+    tensors = [torch.randn(5, 7).to(torch.bfloat16), torch.randn(3), torch.randn(64, 33),
+               torch.randn(2, 2, dtype=torch.float64)]
+    host = HostBuffers()
+    copies = host.copies_of(tensors)
+    assert len(host.buffers) <= HOST_BUFFER_THREADS
+    for tensor, copy in zip(tensors, copies, strict=True):
+        assert copy.dtype == tensor.dtype and torch.equal(copy, tensor)
+        tensor.add_(1)  # a copy, not a view of the weight
+        assert not torch.equal(copy, tensor)
