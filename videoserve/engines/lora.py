@@ -13,12 +13,13 @@ weights that merging it into the base model gives, and a job without LoRAs runs 
 base weights. Switching costs copying the touched weights back plus the low-rank products
 (docs/BENCHMARKS.md has the figure on an H200); jobs with the same LoRAs switch nothing.
 
-Why the copies go into a few large buffers, filled and page-locked on several threads: a 14B
-DiT's 480 touched weights are 32 GB; one pinned allocation per weight took 24-40 s on an H200
-machine, one pinned 32 GB allocation 15 s (torch's pinned allocator rounds sizes up to powers
-of two and locks the pages on one thread), plain memory locked in place with
-``cudaHostRegister`` after touching its pages 9 s on one thread (``HostBuffers``); GPU-to-host
-copies into page-locked memory run at about 55 GB/s, into plain memory at 1.2 GB/s.
+Why the copies go into a few large buffers, touched and then page-locked in place with
+``cudaHostRegister`` (``HostBuffers``): for 480 weights of a 14B DiT's shapes (32 GB) on an H200
+machine, one pinned allocation per weight took 24-40 s, one pinned 32 GB allocation 15 s
+(torch's pinned allocator rounds sizes up to powers of two), one plain buffer touched and
+registered 9 s; copies into page-locked memory run at about 55 GB/s, into plain memory at
+1.2 GB/s (and back at 5.8 GB/s instead of 55). Served, the first switch of the I2V-14B now
+takes 10.6 s instead of 40 s (docs/BENCHMARKS.md "LoRA adapters").
 
 The file is read once, checked against the sha256 its job was admitted with (a file replaced
 in the folder since is refused, not silently used), and parsed with safetensors (no pickle).
