@@ -135,8 +135,11 @@ def command_flags() -> dict[str, set[str]]:
                                                "tiny_models.py"),
     }
     commands["make run"] = commands["start_ray_serve_app.py"]
+    shared = source_flags(ROOT / "benchmarks" / "helpers.py")  # add_model_args
     for script in sorted((ROOT / "benchmarks").glob("*.py")):
-        commands[f"benchmarks/{script.name}"] = source_flags(script)
+        own = source_flags(script)
+        commands[f"benchmarks/{script.name}"] = (
+            own | shared if "add_model_args(" in script.read_text() else own)
     return commands
 
 
