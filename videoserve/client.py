@@ -25,6 +25,7 @@ from urllib.parse import urljoin
 import requests
 
 API_KEY_ENV = "VIDEOSERVE_API_KEY"
+FINAL = ("completed", "failed", "cancelled")  # a job in one of these never changes again
 
 
 class BackendError(Exception):
@@ -189,7 +190,7 @@ class VideoClient:
             job = self.job(job_id)
             if on_progress:
                 on_progress(job)
-            if job["status"] in ("completed", "failed", "cancelled") or (until and until(job)):
+            if job["status"] in FINAL or (until and until(job)):
                 return job
             if time.monotonic() > deadline:
                 raise BackendError(0, f"job {job_id} still {job['status']} after the timeout")

@@ -45,8 +45,12 @@ def tiny_vae(monkeypatch):
 
 def _generator(vae):
     """A loaded generator as the adapter sees it: one stage that decodes with ``vae``."""
+    import torch
+
     stage = SimpleNamespace(forward=lambda batch, args: batch, streaming_decode=None, vae=vae)
-    pipeline = SimpleNamespace(stages=[stage], post_init=lambda: None)
+    dit = torch.nn.Identity()  # the transformer whose input latents make live previews
+    pipeline = SimpleNamespace(stages=[stage], post_init=lambda: None,
+                               get_module=lambda name: dit)
     return SimpleNamespace(executor=SimpleNamespace(worker=SimpleNamespace(pipeline=pipeline)))
 
 

@@ -9,12 +9,11 @@ import time
 
 import pytest
 
-from videoserve.core.runner import JobObserver
+from videoserve.core.runner import JobObserver, ObserverFanOut
 from videoserve.core.webhook_urls import UrlRefused, check_url, public_address
 from videoserve.core.webhooks import (
     MAX_RETRY_DELAY_S,
     RETRY_WINDOW_S,
-    ObserverFanOut,
     WebhookDispatcher,
     new_secret,
     retry_delay,

@@ -117,6 +117,39 @@ class JobObserver:
         """The job reached completed, failed or cancelled (reported once per job)."""
 
 
+class ObserverFanOut(JobObserver):
+    """Passes every runner report to each observer in turn; one that raises does not keep the
+    others from hearing it."""
+
+    def __init__(self, *observers: JobObserver):
+        self.observers = list(observers)
+
+    def add(self, observer: JobObserver) -> None:
+        self.observers.append(observer)
+
+    def _each(self, name: str, *args: Any) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, name)(*args)
+            except Exception:  # noqa: BLE001
+                log.exception("job observer %s failed in %s", type(observer).__name__, name)
+
+    def on_submitted(self, job: Job) -> None:
+        self._each("on_submitted", job)
+
+    def on_refused(self, task: str, count: int) -> None:
+        self._each("on_refused", task, count)
+
+    def on_started(self, job: Job) -> None:
+        self._each("on_started", job)
+
+    def on_progress(self, job: Job) -> None:
+        self._each("on_progress", job)
+
+    def on_final(self, job: Job) -> None:
+        self._each("on_final", job)
+
+
 class JobRunner:
     """Owns the job state machine of one ingress."""
 

@@ -51,8 +51,9 @@ def resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-def normalize_allow_hosts(hosts: Iterable[str]) -> frozenset[str]:
-    return frozenset(h.strip().lower().strip("[]") for h in hosts if h.strip())
+def normalize_allow_hosts(hosts: Iterable[str]) -> tuple[str, ...]:
+    """The hosts as URLs' hosts compare: lower case, IPv6 without brackets, each once."""
+    return tuple(dict.fromkeys(h.strip().lower().strip("[]") for h in hosts if h.strip()))
 
 
 def split_url(url: str, allow_hosts: Iterable[str] = ()) -> tuple[str, str, int, str]:

@@ -484,69 +484,35 @@ class WebhookDispatcher(JobObserver):
                         detail, next_at - self.clock())
             self.store.reschedule(delivery, attempts, next_at)
 
+    async def _send_signed(self, endpoint: Endpoint, msg_id: str, body: bytes) -> int:
+        """Check the URL again, sign and POST once; the receiver's status code. UrlRefused,
+        or OSError / HTTPException when it did not answer (TimeoutError is an OSError)."""
+        target = await self.check_url(endpoint.url)
+        now = self.clock()
+        headers = signed_headers(endpoint.secrets(now), msg_id, int(now), body)
+        return await asyncio.wait_for(self.send(target, body, headers, self.timeout_s),
+                                      self.timeout_s + 1.0)
+
     async def attempt(self, endpoint: Endpoint, msg_id: str, body: bytes
                       ) -> tuple[str, str]:
         """One signed POST: (result, detail), result delivered, failed or refused. The
         status code is the detail of an answer."""
         try:
-            target = await self.check_url(endpoint.url)
+            status = await self._send_signed(endpoint, msg_id, body)
         except UrlRefused as exc:
             return "refused", str(exc)
-        now = self.clock()
-        headers = signed_headers(endpoint.secrets(now), msg_id, int(now), body)
-        try:
-            status = await asyncio.wait_for(self.send(target, body, headers, self.timeout_s),
-                                            self.timeout_s + 1.0)
-        except (OSError, http.client.HTTPException) as exc:  # TimeoutError is an OSError
+        except (OSError, http.client.HTTPException) as exc:
             return "failed", f"no answer: {exc!r}"
         return ("delivered" if 200 <= status < 300 else "failed"), str(status)
 
     async def test(self, endpoint: Endpoint, event_type: str) -> int:
         """Send a sample event once (not queued, not retried); the receiver's status code.
         UrlRefused or OSError when it could not be sent."""
-        target = await self.check_url(endpoint.url)
-        now = self.clock()
-        msg_id = "msg_" + secrets.token_hex(12)
-        body = event_body("evt_" + secrets.token_hex(12), event_type, int(now),
+        body = event_body("evt_" + secrets.token_hex(12), event_type, int(self.clock()),
                           "video_test_" + secrets.token_hex(6))
-        headers = signed_headers(endpoint.secrets(now), msg_id, int(now), body)
         try:
-            return await asyncio.wait_for(self.send(target, body, headers, self.timeout_s),
-                                          self.timeout_s + 1.0)
+            return await self._send_signed(endpoint, "msg_" + secrets.token_hex(12), body)
         except TimeoutError:
             raise OSError(f"no answer within {self.timeout_s:.0f} s") from None
         except http.client.HTTPException as exc:
             raise OSError(f"a malformed answer ({exc!r})") from None
-
-
-class ObserverFanOut(JobObserver):
-    """Passes every runner report to each observer in turn; one that raises does not keep the
-    others from hearing it."""
-
-    def __init__(self, *observers: JobObserver):
-        self.observers = list(observers)
-
-    def add(self, observer: JobObserver) -> None:
-        self.observers.append(observer)
-
-    def _each(self, name: str, *args: Any) -> None:
-        for observer in self.observers:
-            try:
-                getattr(observer, name)(*args)
-            except Exception:  # noqa: BLE001
-                log.exception("job observer %s failed in %s", type(observer).__name__, name)
-
-    def on_submitted(self, job: Job) -> None:
-        self._each("on_submitted", job)
-
-    def on_refused(self, task: str, count: int) -> None:
-        self._each("on_refused", task, count)
-
-    def on_started(self, job: Job) -> None:
-        self._each("on_started", job)
-
-    def on_progress(self, job: Job) -> None:
-        self._each("on_progress", job)
-
-    def on_final(self, job: Job) -> None:
-        self._each("on_final", job)

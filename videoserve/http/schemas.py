@@ -175,12 +175,23 @@ class VideoObject(Described):
     cached: bool = Field(description="true when an earlier identical job answered")
 
 
-class VideoList(Described):
+class ListPage(Described):
+    """A page of a list, as OpenAI's list endpoints answer (``data`` is each list's own)."""
+
     object: Literal["list"] = "list"
-    data: list[VideoObject]
     first_id: str | None
     last_id: str | None
     has_more: bool
+
+
+def list_page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """A ListPage of objects that have an ``id``."""
+    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None, "has_more": has_more}
+
+
+class VideoList(ListPage):
+    data: list[VideoObject]
 
 
 class BatchCreated(Described):
@@ -308,12 +319,8 @@ class WebhookEndpointWithSecret(WebhookEndpointObject):
     signing_secret: str = Field(description="whsec_...; shown only at creation and rotation")
 
 
-class WebhookEndpointList(Described):
-    object: Literal["list"] = "list"
+class WebhookEndpointList(ListPage):
     data: list[WebhookEndpointObject]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
 
 
 class WebhookEndpointDeleted(Described):

@@ -201,9 +201,9 @@ def allowed_hosts(args: argparse.Namespace) -> tuple[str, ...]:
 
 def webhook_allow_hosts(args: argparse.Namespace) -> tuple[str, ...]:
     """The hosts of --webhook_allow_hosts (lower case, IPv6 without brackets)."""
-    given = getattr(args, "webhook_allow_hosts", "") or ""
-    return tuple(dict.fromkeys(h.strip().lower().strip("[]") for h in given.split(",")
-                               if h.strip()))
+    from videoserve.core.webhook_urls import normalize_allow_hosts
+
+    return normalize_allow_hosts((getattr(args, "webhook_allow_hosts", "") or "").split(","))
 
 
 def webhook_retry_initial_s(args: argparse.Namespace) -> float:

@@ -111,7 +111,8 @@ class Ingress:
         self.metrics = ServiceMetrics(
             lambda: {t: s.model for t, s in self.service.current_specs().items()},
             lambda t: self.service.runner.counts(t), self.models.readiness)
-        from videoserve.core.webhooks import ObserverFanOut, WebhookDispatcher
+        from videoserve.core.runner import ObserverFanOut
+        from videoserve.core.webhooks import WebhookDispatcher
 
         observers = ObserverFanOut(self.metrics)
         self.service = VideoService(settings, self._dispatch, self.models,

@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from videoserve.client import BackendError, VideoClient
+from videoserve.client import FINAL, BackendError, VideoClient
 
 # Used until the backend answers /v1/models (then its defaults and limits replace these).
 FALLBACK = {
@@ -35,7 +35,6 @@ NO_LORA_CHOICE = ("none", NO_LORA)
 # The backend makes a new live preview at most about twice a second: asking more often is waste.
 PREVIEW_POLL_S = 0.5
 CANCEL_LABEL, CANCELLING_LABEL = "Cancel", "Cancelling…"
-FINAL = ("completed", "failed", "cancelled")
 
 
 def loras_text(loras: Sequence[dict[str, Any]]) -> str:
@@ -121,7 +120,7 @@ STAGE_TEXT = {
 
 def progress_text(job: dict[str, Any]) -> str:
     detail = job["progress_detail"]
-    if job["status"] in ("completed", "failed", "cancelled"):
+    if job["status"] in FINAL:
         return job["status"].capitalize()
     if job["status"] == "queued":
         return f"Queued (position {(detail['queue_position'] or 0) + 1})"

@@ -570,9 +570,7 @@ class Instrumented:
         self.loras: Any = None  # a LoraMerger once a job asked for LoRAs
         self._latents: Any = None  # the DiT's latest input latents (live previews)
         instrument(pipeline_of(generator), lambda: self.hooks)
-        pipeline = pipeline_of(generator)
-        if hasattr(pipeline, "get_module"):  # (not the stand-ins of some unit tests)
-            self._capture_latents(pipeline.get_module("transformer"))
+        self._capture_latents(pipeline_of(generator).get_module("transformer"))
         self.sdpa_priority = attention_priority(sdpa_priority, cudnn_benchmark)
         self.step_cache = dit_levers(pipeline_of(generator), dit_fp8, step_cache,
                                      compile_precise)

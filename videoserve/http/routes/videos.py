@@ -29,6 +29,7 @@ from videoserve.http.schemas import (
     VideoDeleted,
     VideoList,
     VideoObject,
+    list_page,
 )
 from videoserve.http.video_file import VideoFile
 
@@ -178,6 +179,4 @@ async def list_videos(service: Service, owner: Owner, limit: int = Query(20, ge=
                       ) -> dict[str, Any]:
     """History, newest first by default; page with ``after`` = the last id seen."""
     jobs, has_more = service.page(limit, after, order, owner)
-    data = [view(service, job) for job in jobs]
-    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": has_more}
+    return list_page([view(service, job) for job in jobs], has_more)

@@ -27,6 +27,7 @@ from videoserve.http.schemas import (
     WebhookEventTypeList,
     WebhookRotateSecret,
     WebhookTestRequest,
+    list_page,
 )
 
 router = APIRouter()
@@ -80,9 +81,7 @@ async def list_endpoints(hooks: Webhooks, owner: Owner, limit: int = Query(20, g
                          after: str | None = None) -> dict[str, Any]:
     """This key's endpoints, newest first; page with ``after`` = the last id seen."""
     found, has_more = hooks.store.endpoints(owner, limit, after)
-    return {"object": "list", "data": [e.view() for e in found],
-            "first_id": found[0].id if found else None,
-            "last_id": found[-1].id if found else None, "has_more": has_more}
+    return list_page([e.view() for e in found], has_more)
 
 
 @router.get("/v1/webhook_endpoints/{webhook_endpoint_id}", response_model=None,
